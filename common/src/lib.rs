@@ -1,0 +1,3 @@
+//! What BackLess's services share.
+
+pub mod limits;

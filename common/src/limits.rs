@@ -1,0 +1,90 @@
+//! Limits on what BackLess accepts from strangers, shared by web (checked at upload) and the
+//! worker (checked again before decoding, since a push may arrive from anywhere the queue allows).
+
+use serde::{Deserialize, Serialize};
+
+/// Bounds on one input image. Defaults are safe for a public service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLimits {
+    /// Largest accepted file, in bytes.
+    pub max_bytes: u64,
+    /// Largest accepted width x height, read from the header before decoding.
+    pub max_pixels: u64,
+    /// Largest accepted width or height on its own.
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            max_side: 20_000,
+        }
+    }
+}
+
+impl ImageLimits {
+    /// Check declared dimensions against the limits.
+    pub fn check_dimensions(&self, width: u32, height: u32) -> Result<(), LimitError> {
+        if width == 0 || height == 0 {
+            return Err(LimitError::EmptyImage);
+        }
+        if width > self.max_side || height > self.max_side {
+            return Err(LimitError::SideTooLarge {
+                width,
+                height,
+                max_side: self.max_side,
+            });
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(LimitError::TooManyPixels {
+                width,
+                height,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why an image was refused by [`ImageLimits`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("the image has no pixels")]
+    EmptyImage,
+    #[error("image is {width}x{height}; each side may be at most {max_side} pixels")]
+    SideTooLarge { width: u32, height: u32, max_side: u32 },
+    #[error(
+        "image is {width}x{height} ({:.1} megapixels); the limit is {:.1} megapixels",
+        (*width as f64) * (*height as f64) / 1e6,
+        (*max_pixels as f64) / 1e6
+    )]
+    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
+    #[error("file is {size} bytes; the limit is {max_bytes} bytes")]
+    TooManyBytes { size: u64, max_bytes: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dimensions_within_and_beyond_limits() {
+        let l = ImageLimits::default();
+        assert!(l.check_dimensions(6000, 4000).is_ok());
+        assert_eq!(l.check_dimensions(0, 10), Err(LimitError::EmptyImage));
+        assert!(matches!(
+            l.check_dimensions(8000, 6000),
+            Err(LimitError::TooManyPixels { .. })
+        ));
+        assert!(matches!(
+            l.check_dimensions(30_000, 10),
+            Err(LimitError::SideTooLarge { .. })
+        ));
+        let msg = l.check_dimensions(8000, 6000).unwrap_err().to_string();
+        assert!(msg.contains("48.0 megapixels"), "{msg}");
+        assert!(msg.contains("40.0 megapixels"), "{msg}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Cloud Tasks emulator (being built).
