@@ -368,8 +368,8 @@ impl Engine {
             }
             Some(_) if existing.is_some() => {}
             _ => {
-                q.rate_limits = update.rate_limits.clone();
-                q.retry_config = update.retry_config.clone();
+                q.rate_limits = update.rate_limits;
+                q.retry_config = update.retry_config;
                 q.stackdriver_logging_config = update.stackdriver_logging_config;
                 q.app_engine_routing_override = update.app_engine_routing_override.clone();
             }
@@ -723,7 +723,7 @@ impl Engine {
                 if !qs.is_running() {
                     continue;
                 }
-                let rl = qs.queue.rate_limits.clone().unwrap_or_default();
+                let rl = qs.queue.rate_limits.unwrap_or_default();
                 let max_running = rl.max_concurrent_dispatches.max(1) as usize;
                 while let Some((at, name)) = qs.ready.first().cloned() {
                     if at > now_ns {
@@ -959,11 +959,11 @@ fn apply_mask_path(q: &mut pb::Queue, u: &pb::Queue, path: &str) -> Result<(), A
             }
         })
         .collect();
-    let rl = || u.rate_limits.clone().unwrap_or_default();
-    let rc = || u.retry_config.clone().unwrap_or_default();
+    let rl = || u.rate_limits.unwrap_or_default();
+    let rc = || u.retry_config.unwrap_or_default();
     match snake.as_str() {
         "name" | "state" | "purge_time" | "rate_limits.max_burst_size" => {}
-        "rate_limits" => q.rate_limits = u.rate_limits.clone(),
+        "rate_limits" => q.rate_limits = u.rate_limits,
         "rate_limits.max_dispatches_per_second" => {
             q.rate_limits
                 .get_or_insert_default()
@@ -974,7 +974,7 @@ fn apply_mask_path(q: &mut pb::Queue, u: &pb::Queue, path: &str) -> Result<(), A
                 .get_or_insert_default()
                 .max_concurrent_dispatches = rl().max_concurrent_dispatches
         }
-        "retry_config" => q.retry_config = u.retry_config.clone(),
+        "retry_config" => q.retry_config = u.retry_config,
         "retry_config.max_attempts" => {
             q.retry_config.get_or_insert_default().max_attempts = rc().max_attempts
         }

@@ -85,7 +85,7 @@ pub async fn handle(
         }
         "DeleteQueue" => {
             unary(req, move |r: pb::DeleteQueueRequest| {
-                e.delete_queue(&r.name).map(|()| ())
+                e.delete_queue(&r.name)
             })
             .await
         }
@@ -120,12 +120,7 @@ pub async fn handle(
             })
             .await
         }
-        "DeleteTask" => {
-            unary(req, move |r: pb::DeleteTaskRequest| {
-                e.delete_task(&r.name).map(|()| ())
-            })
-            .await
-        }
+        "DeleteTask" => unary(req, move |r: pb::DeleteTaskRequest| e.delete_task(&r.name)).await,
         "RunTask" => {
             unary(req, move |r: pb::RunTaskRequest| {
                 e.run_task(&r.name, r.response_view)

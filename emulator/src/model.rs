@@ -201,7 +201,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn of(q: &pb::Queue) -> Self {
-        let rc = q.retry_config.clone().unwrap_or_default();
+        let rc = q.retry_config.unwrap_or_default();
         let or =
             |d: &Option<PbDuration>, default| d.as_ref().and_then(std_duration).unwrap_or(default);
         Self {
@@ -465,7 +465,7 @@ pub fn response_status(http: u16) -> RpcStatus {
         501 => (12, "UNIMPLEMENTED"),
         503 => (14, "UNAVAILABLE"),
         504 => (4, "DEADLINE_EXCEEDED"),
-        400..=499 => (9, "FAILED_PRECONDITION"),
+        _ if (400..500).contains(&http) => (9, "FAILED_PRECONDITION"),
         _ => (13, "INTERNAL"),
     };
     RpcStatus {

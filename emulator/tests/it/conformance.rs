@@ -227,7 +227,7 @@ async fn tasks_list_get_delete_and_views() {
         );
         assert!(!req.headers.contains_key("Host"));
         assert_eq!(
-            t.dispatch_deadline.clone().unwrap(),
+            t.dispatch_deadline.unwrap(),
             wkt_duration(Duration::from_secs(600))
         );
         names.push(t.name.clone());
