@@ -1,0 +1,225 @@
+//! The `worker` command line: batch background removal and model import.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use backless_common::limits::ImageLimits;
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::{Arch, Segmenter};
+use crate::pipeline::{Crop, OutputFormat, OutputOptions, Rgb, remove_background};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "BackLess worker: remove image backgrounds"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Remove the background of image files or folders of images.
+    Remove(RemoveArgs),
+    /// Manage model weights.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelSelection {
+    /// Model to run: u2netp (default, small), u2net or isnet.
+    #[arg(long, env = "BACKLESS_MODEL", default_value = "u2netp")]
+    pub model: String,
+    /// Folder holding `<model>.safetensors` and `<model>.json`.
+    #[arg(long, env = "BACKLESS_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// Image files or folders (searched recursively).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Folder for the results (created if missing).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelSelection,
+    /// Output format: png, webp (lossless) or jpeg (needs --bg-color or --mask-only).
+    #[arg(long, default_value = "png")]
+    pub format: OutputFormat,
+    /// Write the mask alone, as a grayscale image.
+    #[arg(long)]
+    pub mask_only: bool,
+    /// Fill the background with a colour (#rrggbb or a name) instead of transparency.
+    #[arg(long)]
+    pub bg_color: Option<Rgb>,
+    /// Crop to the subject's bounding box.
+    #[arg(long)]
+    pub crop: bool,
+    /// Alpha above which a pixel counts as subject when cropping.
+    #[arg(long, default_value_t = Crop::default().threshold)]
+    pub crop_threshold: u8,
+    /// Pixels kept around the subject when cropping.
+    #[arg(long, default_value_t = 0)]
+    pub crop_margin: u32,
+    /// Largest accepted image, in megapixels.
+    #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
+    pub max_megapixels: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Convert an ONNX file into `<out>/<name>.safetensors` + `<out>/<name>.json`.
+    Import {
+        /// The ONNX file.
+        onnx: PathBuf,
+        /// Its architecture: u2netp, u2net or isnet.
+        #[arg(long)]
+        arch: Arch,
+        /// Name of the written files (defaults to the architecture's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Output folder.
+        #[arg(long, default_value = "models")]
+        out: PathBuf,
+        /// Refuse the file unless its sha256 is this.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+}
+
+const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// Files to process: each input file as given, and the images under each folder, with the
+/// output path (relative to the output folder) each one gets.
+pub fn collect_inputs(inputs: &[PathBuf], ext: &str) -> Vec<(PathBuf, PathBuf)> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<_> = walkdir::WalkDir::new(input)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_file())
+                .filter(|e| {
+                    e.path()
+                        .extension()
+                        .and_then(|x| x.to_str())
+                        .is_some_and(|x| {
+                            IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())
+                        })
+                })
+                .map(|e| e.into_path())
+                .collect();
+            found.sort();
+            for path in found {
+                let rel = path
+                    .strip_prefix(input)
+                    .unwrap_or(&path)
+                    .with_extension(ext);
+                files.push((path, rel));
+            }
+        } else {
+            let name = input.file_stem().map(PathBuf::from).unwrap_or_default();
+            files.push((input.clone(), name.with_extension(ext)));
+        }
+    }
+    files
+}
+
+fn process_one(
+    seg: &Segmenter,
+    input: &Path,
+    output: &Path,
+    limits: &ImageLimits,
+    opts: &OutputOptions,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(input)?;
+    let out = remove_background(seg, &bytes, limits, opts, |_, _| {})?;
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(output, out.bytes)?;
+    Ok(())
+}
+
+pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let device = crate::model::default_device()?;
+    let seg = Segmenter::load(&args.model.models_dir, &args.model.model, &device)?;
+    let limits = ImageLimits {
+        max_pixels: (args.max_megapixels * 1e6) as u64,
+        ..ImageLimits::default()
+    };
+    let opts = OutputOptions {
+        format: args.format,
+        mask_only: args.mask_only,
+        bg_color: args.bg_color,
+        crop: args.crop.then_some(Crop {
+            threshold: args.crop_threshold,
+            margin: args.crop_margin,
+        }),
+    };
+    let ext = if args.mask_only && args.format == OutputFormat::Jpeg {
+        "jpg"
+    } else {
+        args.format.extension()
+    };
+    let files = collect_inputs(&args.inputs, ext);
+    std::fs::create_dir_all(&args.output)?;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}")
+            .expect("valid template"),
+    );
+    let mut failed = 0usize;
+    for (input, rel) in &files {
+        bar.set_message(input.display().to_string());
+        let target = args.output.join(rel);
+        if let Err(e) = process_one(&seg, input, &target, &limits, &opts) {
+            failed += 1;
+            bar.suspend(|| eprintln!("error: {}: {e:#}", input.display()));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "{} of {} file(s) done, {failed} failed; results in {}",
+        files.len() - failed,
+        files.len(),
+        args.output.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Remove(args) => remove(args),
+        Command::Model(ModelCommand::Import {
+            onnx,
+            arch,
+            name,
+            out,
+            sha256,
+        }) => {
+            let name = name.unwrap_or_else(|| arch.name().to_string());
+            let info = crate::onnx::import_file(&onnx, arch, &name, &out, sha256.as_deref())?;
+            eprintln!(
+                "imported {} ({}, input {}x{}) into {}",
+                info.name,
+                info.arch,
+                info.input_size,
+                info.input_size,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! BackLess worker: salient-object segmentation in candle, the image pipeline around it, and
+//! the command line (`worker remove`, `worker model import`).
+
+pub mod cli;
+pub mod model;
+pub mod onnx;
+pub mod pipeline;
+pub mod resample;

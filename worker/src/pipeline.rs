@@ -1,0 +1,478 @@
+//! From uploaded bytes to the finished image: decode under limits (EXIF orientation applied),
+//! bring the photo to the model's input as the reference tool does, run the network, bring the
+//! mask back to full resolution, composite and encode.
+
+use std::io::Cursor;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use backless_common::limits::{ImageLimits, LimitError};
+use candle_core::Tensor;
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelError, ModelInfo, ResizeFilter, Segmenter};
+use crate::resample::{self, Filter};
+
+/// Why an image could not be turned into a result. Everything but `Model` is the input's fault:
+/// permanent, never worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is not an image BackLess can read (PNG, JPEG, WebP, GIF, BMP or TIFF)")]
+    NotAnImage,
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+    #[error("the image is damaged or truncated and cannot be decoded")]
+    Corrupt(#[source] image::ImageError),
+    #[error("the image is damaged or truncated and cannot be decoded")]
+    Truncated,
+    #[error("JPEG has no transparency: choose PNG or WebP, or give a background colour")]
+    JpegNeedsBackground,
+    #[error("could not encode the result: {0}")]
+    Encode(#[source] image::ImageError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl PipelineError {
+    /// A stable, machine-readable code for clients and job records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PipelineError::Empty => "empty_file",
+            PipelineError::NotAnImage => "not_an_image",
+            PipelineError::Limits(LimitError::TooManyBytes { .. }) => "file_too_large",
+            PipelineError::Limits(_) => "image_too_large",
+            PipelineError::Corrupt(_) | PipelineError::Truncated => "corrupt_image",
+            PipelineError::JpegNeedsBackground => "jpeg_needs_background",
+            PipelineError::Encode(_) => "encode_failed",
+            PipelineError::Model(_) => "model_failed",
+        }
+    }
+
+    /// True when retrying the same input cannot help.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, PipelineError::Model(_))
+    }
+}
+
+/// Output file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    Webp,
+    Jpeg,
+}
+
+impl OutputFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "png",
+            OutputFormat::Webp => "webp",
+            OutputFormat::Jpeg => "jpg",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "image/png",
+            OutputFormat::Webp => "image/webp",
+            OutputFormat::Jpeg => "image/jpeg",
+        }
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "png" => Ok(Self::Png),
+            "webp" => Ok(Self::Webp),
+            "jpg" | "jpeg" => Ok(Self::Jpeg),
+            other => Err(format!("unknown format {other:?}; use png, webp or jpeg")),
+        }
+    }
+}
+
+/// An sRGB colour, written `#rrggbb`, `rrggbb` or a few names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Rgb(pub [u8; 3]);
+
+impl FromStr for Rgb {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let named = match s.to_ascii_lowercase().as_str() {
+            "white" => Some([255, 255, 255]),
+            "black" => Some([0, 0, 0]),
+            "red" => Some([255, 0, 0]),
+            "green" => Some([0, 128, 0]),
+            "blue" => Some([0, 0, 255]),
+            _ => None,
+        };
+        if let Some(c) = named {
+            return Ok(Rgb(c));
+        }
+        let hex = s.strip_prefix('#').unwrap_or(s);
+        let bad = || format!("bad colour {s:?}; use #rrggbb or a name such as white");
+        if hex.len() != 6 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad());
+        Ok(Rgb([byte(0)?, byte(2)?, byte(4)?]))
+    }
+}
+
+impl TryFrom<String> for Rgb {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Rgb> for String {
+    fn from(c: Rgb) -> String {
+        format!("#{:02x}{:02x}{:02x}", c.0[0], c.0[1], c.0[2])
+    }
+}
+
+/// Crop the result to the subject: the bounding box of alpha above `threshold`, grown by
+/// `margin` pixels on each side (clamped to the image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crop {
+    pub threshold: u8,
+    pub margin: u32,
+}
+
+impl Default for Crop {
+    fn default() -> Self {
+        // Edges keep alpha 1-2 after resampling; 10/255 ignores that haze.
+        Self {
+            threshold: 10,
+            margin: 0,
+        }
+    }
+}
+
+/// What the user asked to get back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutputOptions {
+    pub format: OutputFormat,
+    /// Return the mask alone, as a grayscale image.
+    pub mask_only: bool,
+    /// Paint the background with this colour instead of making it transparent.
+    pub bg_color: Option<Rgb>,
+    pub crop: Option<Crop>,
+}
+
+/// Stages reported while processing, with how long the stage took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Decoded,
+    Segmented,
+    Composited,
+    Encoded,
+}
+
+/// The finished image.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub bytes: Vec<u8>,
+    pub content_type: &'static str,
+    pub extension: &'static str,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decode under `limits`: size checked first, then dimensions from the header alone (so a
+/// decompression bomb is refused before any pixel is allocated), then a decode bounded by
+/// `image::Limits`, then EXIF orientation applied.
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, PipelineError> {
+    if bytes.is_empty() {
+        return Err(PipelineError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(LimitError::TooManyBytes {
+            size: bytes.len() as u64,
+            max_bytes: limits.max_bytes,
+        }
+        .into());
+    }
+    let format = image::guess_format(bytes).map_err(|_| PipelineError::NotAnImage)?;
+    if !matches!(
+        format,
+        ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff
+    ) {
+        return Err(PipelineError::NotAnImage);
+    }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(PipelineError::Truncated);
+    }
+    let reader = || ImageReader::with_format(Cursor::new(bytes), format);
+    let (w, h) = reader().into_dimensions().map_err(PipelineError::Corrupt)?;
+    limits.check_dimensions(w, h)?;
+
+    let mut bounded = image::Limits::default();
+    bounded.max_image_width = Some(limits.max_side);
+    bounded.max_image_height = Some(limits.max_side);
+    // Room for the decoded frame in the widest pixel type (16-bit RGBA) plus decoder scratch.
+    bounded.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    let mut reader = reader();
+    reader.limits(bounded);
+    let mut decoder = reader.into_decoder().map_err(PipelineError::Corrupt)?;
+    let orientation = decoder.orientation().map_err(PipelineError::Corrupt)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(PipelineError::Corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// JPEG decoders fill a truncated scan with grey rather than fail, so check for the end-of-image
+/// marker after the first start-of-scan (scan data escapes 0xFF, so the marker cannot occur
+/// inside it; EXIF thumbnails, which carry their own, come before the scan).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let find = |from: usize, marker: u8| {
+        bytes[from..]
+            .windows(2)
+            .position(|w| w == [0xFF, marker])
+            .map(|p| p + from)
+    };
+    find(0, 0xDA).is_some_and(|sos| find(sos + 2, 0xD9).is_some())
+}
+
+fn filter(f: ResizeFilter) -> Filter {
+    match f {
+        ResizeFilter::Lanczos => Filter::Lanczos3,
+        ResizeFilter::Bilinear => Filter::Bilinear,
+    }
+}
+
+/// The photo resized to the model's input, as 8-bit RGB (alpha dropped, as Pillow's
+/// `convert("RGB")` does).
+pub fn model_pixels(img: &DynamicImage, info: &ModelInfo) -> RgbImage {
+    let rgb = img.to_rgb8();
+    let s = info.input_size as u32;
+    resample::resize_rgb(&rgb, s, s, filter(info.resize))
+}
+
+/// Normalise 8-bit RGB into the network's `(1, 3, H, W)` f32 input.
+pub fn normalise(pixels: &RgbImage, info: &ModelInfo) -> candle_core::Result<Tensor> {
+    let n = &info.normalisation;
+    let scale = if n.divide_by_max {
+        let max = pixels.as_raw().iter().copied().max().unwrap_or(0);
+        if max == 0 { 1.0 } else { 1.0 / f32::from(max) }
+    } else {
+        n.scale
+    };
+    let (w, h) = (pixels.width() as usize, pixels.height() as usize);
+    let mut planes = vec![0f32; 3 * w * h];
+    for (i, px) in pixels.pixels().enumerate() {
+        for c in 0..3 {
+            planes[c * w * h + i] = (f32::from(px.0[c]) * scale - n.mean[c]) / n.std[c];
+        }
+    }
+    Tensor::from_vec(planes, (1, 3, h, w), &candle_core::Device::Cpu)
+}
+
+/// The network's `(1, 1, H, W)` output as an 8-bit mask at model resolution, post-processed as
+/// the reference tool does (rembg: min-max rescale, then truncation to u8).
+pub fn output_to_mask(output: &Tensor, info: &ModelInfo) -> candle_core::Result<GrayImage> {
+    let (_, _, h, w) = output.dims4()?;
+    let mut values = output.flatten_all()?.to_vec1::<f32>()?;
+    if info.min_max_rescale {
+        let (lo, hi) = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        let range = hi - lo;
+        for v in &mut values {
+            *v = if range > 0.0 { (*v - lo) / range } else { 0.0 };
+        }
+    }
+    let bytes = values
+        .iter()
+        .map(|&v| {
+            let v = (v * 255.0).clamp(0.0, 255.0);
+            if info.min_max_rescale {
+                v as u8
+            } else {
+                v.round() as u8
+            }
+        })
+        .collect();
+    Ok(GrayImage::from_raw(w as u32, h as u32, bytes).expect("mask matches its dimensions"))
+}
+
+impl Segmenter {
+    /// The foreground mask of `img` at `img`'s full resolution.
+    pub fn mask(&self, img: &DynamicImage) -> Result<GrayImage, ModelError> {
+        let input = normalise(&model_pixels(img, &self.info), &self.info)?;
+        let output = self.forward(&input)?;
+        let small = output_to_mask(&output.to_device(&candle_core::Device::Cpu)?, &self.info)?;
+        Ok(resample::resize_gray(
+            &small,
+            img.width(),
+            img.height(),
+            filter(self.info.resize),
+        ))
+    }
+}
+
+/// Bounding box `(x, y, w, h)` of mask values above `crop.threshold`, grown by the margin.
+pub fn subject_box(mask: &GrayImage, crop: &Crop) -> Option<(u32, u32, u32, u32)> {
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+    for (x, y, p) in mask.enumerate_pixels() {
+        if p.0[0] > crop.threshold {
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x);
+            y1 = y1.max(y);
+        }
+    }
+    if x0 == u32::MAX {
+        return None;
+    }
+    let x0 = x0.saturating_sub(crop.margin);
+    let y0 = y0.saturating_sub(crop.margin);
+    let x1 = (x1 + crop.margin).min(mask.width() - 1);
+    let y1 = (y1 + crop.margin).min(mask.height() - 1);
+    Some((x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+}
+
+/// Build the output image from the photo and its full-resolution mask.
+pub fn compose(
+    img: DynamicImage,
+    mask: &GrayImage,
+    opts: &OutputOptions,
+) -> Result<DynamicImage, PipelineError> {
+    let mut out = if opts.mask_only {
+        DynamicImage::ImageLuma8(mask.clone())
+    } else if let Some(Rgb(bg)) = opts.bg_color {
+        let mut rgb = img.into_rgb8();
+        for (p, m) in rgb.pixels_mut().zip(mask.pixels()) {
+            let a = u32::from(m.0[0]);
+            for (v, b) in p.0.iter_mut().zip(bg) {
+                let mixed = u32::from(*v) * a + u32::from(b) * (255 - a);
+                *v = ((mixed + 127) / 255) as u8;
+            }
+        }
+        DynamicImage::ImageRgb8(rgb)
+    } else {
+        if opts.format == OutputFormat::Jpeg {
+            return Err(PipelineError::JpegNeedsBackground);
+        }
+        // The original colours with the mask as alpha (rembg's cut-out keeps RGB as is).
+        let rgb = img.into_rgb8();
+        let mut rgba = RgbaImage::new(rgb.width(), rgb.height());
+        for ((o, p), m) in rgba.pixels_mut().zip(rgb.pixels()).zip(mask.pixels()) {
+            o.0 = [p.0[0], p.0[1], p.0[2], m.0[0]];
+        }
+        DynamicImage::ImageRgba8(rgba)
+    };
+    if let Some(crop) = &opts.crop
+        && let Some((x, y, w, h)) = subject_box(mask, crop)
+    {
+        out = out.crop_imm(x, y, w, h);
+    }
+    Ok(out)
+}
+
+/// Encode in the requested format (WebP is lossless; metadata is never copied).
+pub fn encode(img: &DynamicImage, format: OutputFormat) -> Result<Vec<u8>, PipelineError> {
+    let mut buf = Cursor::new(Vec::new());
+    let result = match format {
+        OutputFormat::Png => img.write_to(&mut buf, ImageFormat::Png),
+        OutputFormat::Webp => img.write_to(&mut buf, ImageFormat::WebP),
+        OutputFormat::Jpeg => {
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90);
+            match img {
+                DynamicImage::ImageLuma8(_) => img.write_with_encoder(enc),
+                _ => DynamicImage::ImageRgb8(img.to_rgb8()).write_with_encoder(enc),
+            }
+        }
+    };
+    result.map_err(PipelineError::Encode)?;
+    Ok(buf.into_inner())
+}
+
+/// The whole pipeline on one file; `on_stage` hears each stage as it ends, with its duration.
+pub fn remove_background(
+    segmenter: &Segmenter,
+    bytes: &[u8],
+    limits: &ImageLimits,
+    opts: &OutputOptions,
+    mut on_stage: impl FnMut(Stage, Duration),
+) -> Result<Output, PipelineError> {
+    if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
+        return Err(PipelineError::JpegNeedsBackground);
+    }
+    let t = Instant::now();
+    let img = decode(bytes, limits)?;
+    on_stage(Stage::Decoded, t.elapsed());
+    let t = Instant::now();
+    let mask = segmenter.mask(&img)?;
+    on_stage(Stage::Segmented, t.elapsed());
+    let t = Instant::now();
+    let out = compose(img, &mask, opts)?;
+    on_stage(Stage::Composited, t.elapsed());
+    let t = Instant::now();
+    let bytes = encode(&out, opts.format)?;
+    on_stage(Stage::Encoded, t.elapsed());
+    Ok(Output {
+        bytes,
+        content_type: opts.format.content_type(),
+        extension: opts.format.extension(),
+        width: out.width(),
+        height: out.height(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_parse() {
+        assert_eq!("#ff8000".parse::<Rgb>(), Ok(Rgb([255, 128, 0])));
+        assert_eq!("FF8000".parse::<Rgb>(), Ok(Rgb([255, 128, 0])));
+        assert_eq!("white".parse::<Rgb>(), Ok(Rgb([255; 3])));
+        assert!("#ff80".parse::<Rgb>().is_err());
+        assert!("#gg0000".parse::<Rgb>().is_err());
+    }
+
+    #[test]
+    fn subject_box_with_margin() {
+        let mut m = GrayImage::new(20, 10);
+        m.put_pixel(5, 3, image::Luma([200]));
+        m.put_pixel(8, 6, image::Luma([255]));
+        m.put_pixel(19, 9, image::Luma([5])); // haze below the threshold
+        let c = Crop {
+            threshold: 10,
+            margin: 2,
+        };
+        assert_eq!(subject_box(&m, &c), Some((3, 1, 8, 8)));
+        assert_eq!(subject_box(&GrayImage::new(4, 4), &c), None);
+    }
+
+    #[test]
+    fn jpeg_without_background_is_refused() {
+        let img = DynamicImage::ImageRgb8(RgbImage::new(4, 4));
+        let mask = GrayImage::new(4, 4);
+        let opts = OutputOptions {
+            format: OutputFormat::Jpeg,
+            ..Default::default()
+        };
+        assert!(matches!(
+            compose(img, &mask, &opts),
+            Err(PipelineError::JpegNeedsBackground)
+        ));
+    }
+}

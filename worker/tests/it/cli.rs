@@ -1,0 +1,92 @@
+//! The `worker remove` command line on real files, with the real U²-NetP.
+
+use std::process::Command;
+
+fn worker() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
+    cmd.env("BACKLESS_MODELS_DIR", crate::models_dir());
+    cmd
+}
+
+#[test]
+fn batch_continues_past_bad_files_and_reports_them() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("nested")).unwrap();
+    std::fs::copy(
+        crate::fixture("fixtures/photos/astronaut.png"),
+        input.join("nested/astronaut.png"),
+    )
+    .unwrap();
+    std::fs::write(input.join("notes.png"), b"not an image").unwrap();
+    let out = dir.path().join("out");
+    let result = worker()
+        .args(["remove", "--crop", "-o"])
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("notes.png"), "{stderr}");
+    assert!(stderr.contains("not an image"), "{stderr}");
+    let cut = image::open(out.join("nested/astronaut.png")).unwrap();
+    assert!(cut.color().has_alpha());
+    // Cropped to the subject: smaller than the photo in at least one direction.
+    assert!(cut.width() <= 256 && cut.height() <= 256);
+    assert!(cut.width() * cut.height() < 256 * 256);
+}
+
+#[test]
+fn mask_only_and_background_colour_outputs() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let photo = crate::fixture("fixtures/photos/chelsea.png");
+    let run = |args: &[&str], sub: &str| {
+        let out = dir.path().join(sub);
+        let status = worker()
+            .arg("remove")
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .arg(&photo)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+        out
+    };
+    let mask = image::open(run(&["--mask-only"], "mask").join("chelsea.png")).unwrap();
+    assert_eq!(mask.color(), image::ColorType::L8);
+    assert_eq!((mask.width(), mask.height()), (301, 200));
+    let jpeg = run(&["--bg-color", "#00ff00", "--format", "jpeg"], "bg").join("chelsea.jpg");
+    let bg = image::open(jpeg).unwrap().to_rgb8();
+    assert_eq!(bg.dimensions(), (301, 200));
+    // A corner is background: painted green.
+    let px = bg.get_pixel(0, 0).0;
+    assert!(px[1] > 200 && px[0] < 60 && px[2] < 60, "{px:?}");
+    // JPEG with transparency is refused per file.
+    let status = worker()
+        .args(["remove", "--format", "jpeg", "-o"])
+        .arg(dir.path().join("bad"))
+        .arg(&photo)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn large_photo_at_full_resolution() {
+    assert!(crate::weights_present("u2netp"));
+    let seg = crate::load("u2netp");
+    // 6000x4000, 24 megapixels: a dark square subject on a light background.
+    let img = image::RgbImage::from_fn(6000, 4000, |x, y| {
+        if (2000..4000).contains(&x) && (1000..3000).contains(&y) {
+            image::Rgb([30, 40, 160])
+        } else {
+            image::Rgb([235, 235, 225])
+        }
+    });
+    let mask = seg.mask(&image::DynamicImage::ImageRgb8(img)).unwrap();
+    assert_eq!(mask.dimensions(), (6000, 4000));
+}

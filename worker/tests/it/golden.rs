@@ -1,0 +1,130 @@
+//! Parity with onnxruntime on the original ONNX files. Fixtures come from
+//! `worker/tests/golden/make_golden.py` (its docstring has the exact command).
+
+use backless_worker::model::Segmenter;
+use backless_worker::pipeline::{model_pixels, normalise};
+use image::{GrayImage, ImageBuffer, Luma};
+
+const PHOTOS: [&str; 2] = ["astronaut", "chelsea"];
+
+fn golden(model: &str, photo: &str, kind: &str) -> image::DynamicImage {
+    image::open(crate::fixture(&format!(
+        "golden/{model}/{photo}.{kind}.png"
+    )))
+    .unwrap_or_else(|e| panic!("golden fixture {model}/{photo}.{kind}.png: {e}"))
+}
+
+fn photo(name: &str) -> image::DynamicImage {
+    image::open(crate::fixture(&format!("fixtures/photos/{name}.png"))).unwrap()
+}
+
+fn iou(a: &[f32], b: &[f32]) -> f64 {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x > 0.5, *y > 0.5);
+        inter += usize::from(x && y);
+        union += usize::from(x || y);
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Pre-processing reproduces the reference tool's resize exactly.
+fn check_input(seg: &Segmenter, model: &str) {
+    for name in PHOTOS {
+        let ours = model_pixels(&photo(name), &seg.info);
+        let theirs = golden(model, name, "input").to_rgb8();
+        let differing = ours
+            .as_raw()
+            .iter()
+            .zip(theirs.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differing, 0,
+            "{model}/{name}: resized input differs from Pillow's"
+        );
+    }
+}
+
+/// The network on the reference input matches onnxruntime's output.
+fn check_output(seg: &Segmenter, model: &str) {
+    for name in PHOTOS {
+        let input = normalise(&golden(model, name, "input").to_rgb8(), &seg.info).unwrap();
+        let ours = seg
+            .forward(&input)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let theirs: Vec<f32> = golden(model, name, "output")
+            .to_luma16()
+            .as_raw()
+            .iter()
+            .map(|&v| f32::from(v) / 65535.0)
+            .collect();
+        assert_eq!(ours.len(), theirs.len());
+        let max_diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let iou = iou(&ours, &theirs);
+        eprintln!(
+            "{model}/{name}: max |candle - onnxruntime| = {max_diff:.2e}, IoU@0.5 = {iou:.5}"
+        );
+        assert!(max_diff <= 1e-3, "{model}/{name}: max abs diff {max_diff}");
+        assert!(iou >= 0.999, "{model}/{name}: IoU {iou}");
+    }
+}
+
+/// The full-resolution mask matches the reference post-processing of the reference output.
+fn check_mask(seg: &Segmenter, model: &str) {
+    for name in PHOTOS {
+        let ours: GrayImage = seg.mask(&photo(name)).unwrap();
+        let theirs: ImageBuffer<Luma<u8>, Vec<u8>> = golden(model, name, "mask").to_luma8();
+        assert_eq!(ours.dimensions(), theirs.dimensions());
+        let diffs: Vec<i32> = ours
+            .as_raw()
+            .iter()
+            .zip(theirs.as_raw())
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .collect();
+        let max = diffs.iter().copied().max().unwrap();
+        let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+        eprintln!("{model}/{name}: full-size mask vs reference: max diff {max}, mean {mean:.4}");
+        // An output within 1e-3 can flip u8 truncation at a boundary, and the Lanczos upscale
+        // spreads that one step over a few pixels.
+        assert!(max <= 3, "{model}/{name}: mask differs by {max}");
+        assert!(mean <= 0.1, "{model}/{name}: mean mask difference {mean}");
+    }
+}
+
+fn check_model(model: &str) {
+    if !crate::weights_present(model) {
+        return;
+    }
+    let seg = crate::load(model);
+    check_input(&seg, model);
+    check_output(&seg, model);
+    check_mask(&seg, model);
+}
+
+#[test]
+fn u2netp_matches_onnxruntime() {
+    check_model("u2netp");
+}
+
+#[test]
+fn u2net_matches_onnxruntime() {
+    check_model("u2net");
+}
+
+#[test]
+fn isnet_matches_onnxruntime() {
+    check_model("isnet");
+}
