@@ -1,3 +1,11 @@
-//! What BackLess's services share.
+//! What BackLess's services share: configuration, image limits, job records (sea-orm), image
+//! storage (object_store), progress events (pub/sub) and the task-queue client (Cloud Tasks).
 
+pub mod config;
+pub mod db;
+pub mod events;
 pub mod limits;
+pub mod shutdown;
+pub mod storage;
+pub mod tasks;
+pub mod telemetry;

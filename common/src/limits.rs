@@ -55,13 +55,21 @@ pub enum LimitError {
     #[error("the image has no pixels")]
     EmptyImage,
     #[error("image is {width}x{height}; each side may be at most {max_side} pixels")]
-    SideTooLarge { width: u32, height: u32, max_side: u32 },
+    SideTooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
     #[error(
         "image is {width}x{height} ({:.1} megapixels); the limit is {:.1} megapixels",
         (*width as f64) * (*height as f64) / 1e6,
         (*max_pixels as f64) / 1e6
     )]
-    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
     #[error("file is {size} bytes; the limit is {max_bytes} bytes")]
     TooManyBytes { size: u64, max_bytes: u64 },
 }

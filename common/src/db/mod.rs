@@ -1,0 +1,467 @@
+//! Job records (sea-orm): SQLite by default, Postgres by URL.
+//!
+//! Every state change the worker makes is one conditional `UPDATE`, so two concurrent deliveries of
+//! the same task cannot both own a job: [`Db::try_claim`] moves `queued` (or `processing` whose lease
+//! has run out) to `processing` and reports whether this caller won.
+
+pub mod job;
+pub mod migration;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectOptions, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use sea_orm_migration::MigratorTrait;
+
+pub use job::{JobOptions, JobState, OutputFormat};
+/// A job record.
+pub type Job = job::Model;
+
+use crate::config::DatabaseConfig;
+use crate::storage;
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("cannot prepare the database directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A new job as web records it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub owner: String,
+    pub name: String,
+    pub options: JobOptions,
+    pub original_content_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+pub fn new_job_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Whether `s` has the shape of a job id (checked before it reaches storage keys or queries).
+pub fn is_valid_job_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The job table.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+}
+
+impl Db {
+    /// Connect (creating a SQLite file's directory if needed) and run migrations.
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, DbError> {
+        if let Some(path) = sqlite_file_path(&cfg.url)
+            && let Some(parent) = std::path::Path::new(&path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|source| DbError::Dir {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let mut opts = ConnectOptions::new(cfg.url.clone());
+        opts.max_connections(cfg.max_connections)
+            .connect_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        if cfg.url.starts_with("sqlite::memory:") || cfg.url.contains("mode=memory") {
+            // Each connection to an in-memory SQLite database is a separate database.
+            opts.max_connections(1).min_connections(1);
+        }
+        let conn = sea_orm::Database::connect(opts).await?;
+        migration::Migrator::up(&conn, None).await?;
+        Ok(Self { conn })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        Ok(self.conn.ping().await?)
+    }
+
+    pub async fn insert(&self, new: NewJob) -> Result<Job, DbError> {
+        let now = Utc::now();
+        let model = job::ActiveModel {
+            original_key: Set(storage::original_key(&new.id)),
+            id: Set(new.id),
+            owner: Set(new.owner),
+            name: Set(new.name),
+            state: Set(JobState::Queued),
+            error_code: Set(None),
+            error_message: Set(None),
+            options: Set(new.options),
+            original_content_type: Set(new.original_content_type),
+            result_key: Set(None),
+            result_content_type: Set(None),
+            width: Set(i32::try_from(new.width).unwrap_or(i32::MAX)),
+            height: Set(i32::try_from(new.height).unwrap_or(i32::MAX)),
+            enqueued: Set(false),
+            attempts: Set(0),
+            claimed_until: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            finished_at: Set(None),
+        };
+        Ok(model.insert(&self.conn).await?)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, DbError> {
+        Ok(job::Entity::find_by_id(id.to_string())
+            .one(&self.conn)
+            .await?)
+    }
+
+    /// The job if `owner` created it (anyone else sees nothing).
+    pub async fn get_owned(&self, id: &str, owner: &str) -> Result<Option<Job>, DbError> {
+        Ok(job::Entity::find_by_id(id.to_string())
+            .filter(job::Column::Owner.eq(owner))
+            .one(&self.conn)
+            .await?)
+    }
+
+    /// The owner's jobs, newest first.
+    pub async fn list_by_owner(&self, owner: &str) -> Result<Vec<Job>, DbError> {
+        Ok(job::Entity::find()
+            .filter(job::Column::Owner.eq(owner))
+            .order_by_desc(job::Column::CreatedAt)
+            .all(&self.conn)
+            .await?)
+    }
+
+    /// How many of the owner's jobs are queued or processing.
+    pub async fn count_live_by_owner(&self, owner: &str) -> Result<u64, DbError> {
+        Ok(job::Entity::find()
+            .filter(job::Column::Owner.eq(owner))
+            .filter(job::Column::State.is_in([JobState::Queued, JobState::Processing]))
+            .count(&self.conn)
+            .await?)
+    }
+
+    /// Rename the owner's job; `None` if it is not theirs.
+    pub async fn rename(&self, id: &str, owner: &str, name: &str) -> Result<Option<Job>, DbError> {
+        let res = job::Entity::update_many()
+            .col_expr(job::Column::Name, Expr::value(name))
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(job::Column::Id.eq(id))
+            .filter(job::Column::Owner.eq(owner))
+            .exec(&self.conn)
+            .await?;
+        if res.rows_affected == 0 {
+            return Ok(None);
+        }
+        self.get(id).await
+    }
+
+    /// Delete the record; whether it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, DbError> {
+        let res = job::Entity::delete_by_id(id.to_string())
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Outbox: the task for this job exists.
+    pub async fn mark_enqueued(&self, id: &str) -> Result<bool, DbError> {
+        let res = job::Entity::update_many()
+            .col_expr(job::Column::Enqueued, Expr::value(true))
+            .filter(job::Column::Id.eq(id))
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Outbox: queued jobs whose task was never created, oldest first.
+    pub async fn pending_enqueue(&self, limit: u64) -> Result<Vec<Job>, DbError> {
+        Ok(job::Entity::find()
+            .filter(job::Column::Enqueued.eq(false))
+            .filter(job::Column::State.eq(JobState::Queued))
+            .order_by_asc(job::Column::CreatedAt)
+            .limit(limit)
+            .all(&self.conn)
+            .await?)
+    }
+
+    /// Atomically take the job for processing: `queued` -> `processing`, or `processing` whose lease
+    /// expired -> `processing` again. `true` means this caller owns it until `now + lease`; `false`
+    /// means it is missing, final, or someone else holds a live lease (do not run the model).
+    pub async fn try_claim(&self, id: &str, lease: Duration) -> Result<bool, DbError> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let res = job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Processing))
+            .col_expr(job::Column::ClaimedUntil, Expr::value(until))
+            .col_expr(
+                job::Column::Attempts,
+                Expr::col(job::Column::Attempts).add(1),
+            )
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::Id.eq(id))
+            .filter(
+                Condition::any()
+                    .add(job::Column::State.eq(JobState::Queued))
+                    .add(
+                        Condition::all()
+                            .add(job::Column::State.eq(JobState::Processing))
+                            .add(
+                                Condition::any()
+                                    .add(job::Column::ClaimedUntil.is_null())
+                                    .add(job::Column::ClaimedUntil.lt(now)),
+                            ),
+                    ),
+            )
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// `processing` -> `done` with the stored result. `false` if the job is gone or not processing.
+    pub async fn mark_done(
+        &self,
+        id: &str,
+        result_key: &str,
+        result_content_type: &str,
+    ) -> Result<bool, DbError> {
+        let now = Utc::now();
+        let res = job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Done))
+            .col_expr(job::Column::ResultKey, Expr::value(result_key))
+            .col_expr(
+                job::Column::ResultContentType,
+                Expr::value(result_content_type),
+            )
+            .col_expr(
+                job::Column::ClaimedUntil,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::Id.eq(id))
+            .filter(job::Column::State.eq(JobState::Processing))
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Any non-final state -> `failed` with a stable code and a message safe to show the user.
+    /// `false` if the job is gone or already final.
+    pub async fn mark_failed(&self, id: &str, code: &str, message: &str) -> Result<bool, DbError> {
+        let now = Utc::now();
+        let res = job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Failed))
+            .col_expr(job::Column::ErrorCode, Expr::value(code))
+            .col_expr(job::Column::ErrorMessage, Expr::value(message))
+            .col_expr(
+                job::Column::ClaimedUntil,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::Id.eq(id))
+            .filter(job::Column::State.is_in([JobState::Queued, JobState::Processing]))
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Jobs created before `cutoff` (for the unwatched-job sweep).
+    pub async fn created_before(
+        &self,
+        cutoff: chrono::DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<Job>, DbError> {
+        Ok(job::Entity::find()
+            .filter(job::Column::CreatedAt.lt(cutoff))
+            .order_by_asc(job::Column::CreatedAt)
+            .limit(limit)
+            .all(&self.conn)
+            .await?)
+    }
+
+    /// Every job id (tests and diagnostics).
+    pub async fn count(&self) -> Result<u64, DbError> {
+        Ok(job::Entity::find().count(&self.conn).await?)
+    }
+}
+
+/// The file behind a `sqlite://path?...` URL, if it names one.
+fn sqlite_file_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path.starts_with(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    Some(path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn memory_db() -> Db {
+        Db::connect(&DatabaseConfig {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+        })
+        .await
+        .unwrap()
+    }
+
+    fn new_job(owner: &str) -> NewJob {
+        NewJob {
+            id: new_job_id(),
+            owner: owner.into(),
+            name: "cat".into(),
+            options: JobOptions::default(),
+            original_content_type: "image/png".into(),
+            width: 10,
+            height: 20,
+        }
+    }
+
+    #[test]
+    fn ids_are_random_hex() {
+        let a = new_job_id();
+        assert!(is_valid_job_id(&a));
+        assert_ne!(a, new_job_id());
+        assert!(!is_valid_job_id("../etc/passwd"));
+        assert!(!is_valid_job_id(&a.to_uppercase()));
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_file_path("sqlite://data/backless.db?mode=rwc").as_deref(),
+            Some("data/backless.db")
+        );
+        assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_file_path("postgres://x/y"), None);
+    }
+
+    #[tokio::test]
+    async fn lifecycle_claim_done_and_delete() {
+        let db = memory_db().await;
+        let job = db.insert(new_job("alice")).await.unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        assert!(!job.enqueued);
+        assert_eq!(job.original_key, format!("originals/{}", job.id));
+
+        assert_eq!(db.pending_enqueue(10).await.unwrap().len(), 1);
+        assert!(db.mark_enqueued(&job.id).await.unwrap());
+        assert!(db.pending_enqueue(10).await.unwrap().is_empty());
+
+        assert!(db.get_owned(&job.id, "bob").await.unwrap().is_none());
+        assert_eq!(db.count_live_by_owner("alice").await.unwrap(), 1);
+
+        // Two deliveries: only the first owns the job.
+        assert!(
+            db.try_claim(&job.id, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !db.try_claim(&job.id, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        let j = db.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Processing);
+        assert_eq!(j.attempts, 1);
+
+        assert!(
+            db.mark_done(&job.id, "results/x", "image/png")
+                .await
+                .unwrap()
+        );
+        let j = db.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Done);
+        assert_eq!(j.result_key.as_deref(), Some("results/x"));
+        assert!(j.finished_at.is_some());
+        // Final jobs cannot be claimed or failed again.
+        assert!(
+            !db.try_claim(&job.id, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(!db.mark_failed(&job.id, "x", "y").await.unwrap());
+        assert_eq!(db.count_live_by_owner("alice").await.unwrap(), 0);
+
+        let renamed = db.rename(&job.id, "alice", "dog").await.unwrap().unwrap();
+        assert_eq!(renamed.name, "dog");
+        assert!(db.rename(&job.id, "bob", "evil").await.unwrap().is_none());
+
+        assert_eq!(db.list_by_owner("alice").await.unwrap().len(), 1);
+        assert!(db.delete(&job.id).await.unwrap());
+        assert!(!db.delete(&job.id).await.unwrap());
+        assert_eq!(db.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn expired_lease_can_be_reclaimed_and_failed() {
+        let db = memory_db().await;
+        let job = db.insert(new_job("alice")).await.unwrap();
+        assert!(db.try_claim(&job.id, Duration::ZERO).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            db.try_claim(&job.id, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(db.get(&job.id).await.unwrap().unwrap().attempts, 2);
+        assert!(
+            db.mark_failed(&job.id, "decode_failed", "bad image")
+                .await
+                .unwrap()
+        );
+        let j = db.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.error_code.as_deref(), Some("decode_failed"));
+        assert!(!db.mark_done(&job.id, "r", "image/png").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let db = Db::connect(&DatabaseConfig {
+            url,
+            max_connections: 4,
+        })
+        .await
+        .unwrap();
+        let job = db.insert(new_job("alice")).await.unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            let id = job.id.clone();
+            handles.push(tokio::spawn(async move {
+                db.try_claim(&id, Duration::from_secs(60)).await.unwrap()
+            }));
+        }
+        let mut wins = 0;
+        for h in handles {
+            wins += usize::from(h.await.unwrap());
+        }
+        assert_eq!(wins, 1);
+    }
+}

@@ -1,0 +1,239 @@
+//! Image storage on `object_store`, chosen by URL: `file://dir` (relative or absolute, created if
+//! missing), `memory://`, and with the `s3` / `gcs` features `s3://bucket/prefix`, `gs://bucket/prefix`.
+//!
+//! Keys derive only from the job id (`originals/<id>`, `results/<id>`): nothing a client sends
+//! ever becomes part of a path.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::config::StorageConfig;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("unsupported storage URL {0:?} (use file://, memory://, s3:// or gs://)")]
+    UnsupportedUrl(String),
+    #[error("storage backend {scheme}:// needs the `{feature}` feature of backless-common")]
+    FeatureDisabled {
+        scheme: &'static str,
+        feature: &'static str,
+    },
+    #[error("cannot prepare storage directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("object store error: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// Key of a job's uploaded original.
+pub fn original_key(job_id: &str) -> String {
+    format!("originals/{job_id}")
+}
+
+/// Key of a job's result.
+pub fn result_key(job_id: &str) -> String {
+    format!("results/{job_id}")
+}
+
+/// The object store holding originals and results.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+impl Storage {
+    pub fn from_config(cfg: &StorageConfig) -> Result<Self, StorageError> {
+        Self::from_url(&cfg.url)
+    }
+
+    pub fn from_url(url: &str) -> Result<Self, StorageError> {
+        let store: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
+            if dir.is_empty() {
+                return Err(StorageError::UnsupportedUrl(url.into()));
+            }
+            std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir {
+                path: dir.into(),
+                source,
+            })?;
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?)
+        } else if url.starts_with("memory://") {
+            Arc::new(object_store::memory::InMemory::new())
+        } else if url.starts_with("s3://") {
+            cloud_store(url, "s3")?
+        } else if url.starts_with("gs://") {
+            cloud_store(url, "gs")?
+        } else {
+            return Err(StorageError::UnsupportedUrl(url.into()));
+        };
+        Ok(Self {
+            store,
+            url: url.to_string(),
+        })
+    }
+
+    /// The URL this store was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&Path::from(key), PutPayload::from_bytes(data))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        match self.store.get(&Path::from(key)).await {
+            Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Delete; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn put_original(&self, job_id: &str, data: Bytes) -> Result<(), StorageError> {
+        self.put(&original_key(job_id), data).await
+    }
+
+    pub async fn get_original(&self, job_id: &str) -> Result<Bytes, StorageError> {
+        self.get(&original_key(job_id)).await
+    }
+
+    pub async fn put_result(&self, job_id: &str, data: Bytes) -> Result<(), StorageError> {
+        self.put(&result_key(job_id), data).await
+    }
+
+    pub async fn get_result(&self, job_id: &str) -> Result<Bytes, StorageError> {
+        self.get(&result_key(job_id)).await
+    }
+
+    /// Delete everything stored for a job.
+    pub async fn delete_job(&self, job_id: &str) -> Result<(), StorageError> {
+        self.delete(&original_key(job_id)).await?;
+        self.delete(&result_key(job_id)).await
+    }
+
+    /// Every key in the store (diagnostics and tests).
+    pub async fn list_keys(&self) -> Result<Vec<String>, StorageError> {
+        let metas: Vec<_> = self.store.list(None).try_collect().await?;
+        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+    }
+}
+
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn parse_cloud_url(url: &str) -> Result<(url::Url, String), StorageError> {
+    let parsed = url::Url::parse(url).map_err(|_| StorageError::UnsupportedUrl(url.into()))?;
+    let prefix = parsed.path().trim_matches('/').to_string();
+    Ok((parsed, prefix))
+}
+
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn with_prefix(store: impl ObjectStore, prefix: String) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+    }
+}
+
+fn cloud_store(url: &str, scheme: &'static str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    match scheme {
+        #[cfg(feature = "s3")]
+        "s3" => {
+            let (parsed, prefix) = parse_cloud_url(url)?;
+            let bucket = parsed.host_str().unwrap_or_default();
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()?;
+            Ok(with_prefix(store, prefix))
+        }
+        #[cfg(feature = "gcs")]
+        "gs" => {
+            let (parsed, prefix) = parse_cloud_url(url)?;
+            let bucket = parsed.host_str().unwrap_or_default();
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()?;
+            Ok(with_prefix(store, prefix))
+        }
+        "s3" => Err(StorageError::FeatureDisabled {
+            scheme: "s3",
+            feature: "s3",
+        }),
+        _ => {
+            let _ = url;
+            Err(StorageError::FeatureDisabled {
+                scheme: "gs",
+                feature: "gcs",
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_store_round_trip_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nested/objects");
+        let s = Storage::from_url(&format!("file://{}", root.display())).unwrap();
+        s.put_original("abc", Bytes::from_static(b"orig"))
+            .await
+            .unwrap();
+        s.put_result("abc", Bytes::from_static(b"res"))
+            .await
+            .unwrap();
+        assert_eq!(s.get_original("abc").await.unwrap(), &b"orig"[..]);
+        assert!(root.join("originals/abc").is_file());
+        let mut keys = s.list_keys().await.unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["originals/abc", "results/abc"]);
+        s.delete_job("abc").await.unwrap();
+        s.delete_job("abc").await.unwrap();
+        assert!(s.list_keys().await.unwrap().is_empty());
+        assert!(matches!(
+            s.get_result("abc").await,
+            Err(StorageError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn memory_store_and_bad_urls() {
+        let s = Storage::from_url("memory://").unwrap();
+        s.put("results/x", Bytes::from_static(b"1")).await.unwrap();
+        assert_eq!(s.get("results/x").await.unwrap(), &b"1"[..]);
+        assert!(matches!(
+            Storage::from_url("ftp://x"),
+            Err(StorageError::UnsupportedUrl(_))
+        ));
+        #[cfg(not(feature = "s3"))]
+        assert!(matches!(
+            Storage::from_url("s3://bucket/p"),
+            Err(StorageError::FeatureDisabled { .. })
+        ));
+    }
+}

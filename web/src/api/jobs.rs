@@ -1,0 +1,664 @@
+//! `/v1/jobs`: upload, read, watch (SSE), fetch, rename and delete jobs.
+//!
+//! Access: a job is visible only to the client that created it (signed cookie or bearer token);
+//! everyone else gets 404, exactly as for an id that does not exist.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backless_common::db::job::{MODELS, normalize_color};
+use backless_common::db::{Job, JobOptions, JobState, NewJob, OutputFormat, new_job_id};
+use backless_common::events::{JobEvent, Stage};
+use backless_common::limits::ImageLimits;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, stream};
+use poem::Request;
+use poem::web::sse::Event;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::types::multipart::Upload;
+use poem_openapi::{ApiResponse, Enum, Multipart, Object, OpenApi, Tags};
+use tokio::io::AsyncReadExt;
+
+use super::image_body::ImageBody;
+use crate::error::{ApiResult, WebError};
+use crate::identity::{ClientId, Signer};
+use crate::lifecycle::{Shared, elapsed_ms};
+use crate::upload::{check_image, clean_name, display_name};
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Background-removal jobs.
+    Jobs,
+}
+
+/// The jobs resource.
+pub struct JobsApi {
+    pub shared: Arc<Shared>,
+    pub signer: Signer,
+    pub limits: ImageLimits,
+    pub max_live_per_client: u64,
+    pub keep_alive: Duration,
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum JobStateView {
+    Queued,
+    Processing,
+    Done,
+    Failed,
+}
+
+impl From<JobState> for JobStateView {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Queued => Self::Queued,
+            JobState::Processing => Self::Processing,
+            JobState::Done => Self::Done,
+            JobState::Failed => Self::Failed,
+        }
+    }
+}
+
+/// A pipeline stage, as SSE events name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum StageView {
+    Uploaded,
+    Queued,
+    Received,
+    Segmenting,
+    Compositing,
+    Stored,
+    Done,
+    Failed,
+}
+
+impl From<Stage> for StageView {
+    fn from(s: Stage) -> Self {
+        match s {
+            Stage::Uploaded => Self::Uploaded,
+            Stage::Queued => Self::Queued,
+            Stage::Received => Self::Received,
+            Stage::Segmenting => Self::Segmenting,
+            Stage::Compositing => Self::Compositing,
+            Stage::Stored => Self::Stored,
+            Stage::Done => Self::Done,
+            Stage::Failed => Self::Failed,
+        }
+    }
+}
+
+/// Output encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum FormatView {
+    Png,
+    Webp,
+    Jpeg,
+}
+
+impl From<OutputFormat> for FormatView {
+    fn from(f: OutputFormat) -> Self {
+        match f {
+            OutputFormat::Png => Self::Png,
+            OutputFormat::Webp => Self::Webp,
+            OutputFormat::Jpeg => Self::Jpeg,
+        }
+    }
+}
+
+/// The processing options of a job.
+#[derive(Debug, Clone, Object)]
+pub struct OptionsView {
+    pub model: String,
+    pub format: FormatView,
+    pub mask_only: bool,
+    pub bg_color: Option<String>,
+    pub crop: bool,
+}
+
+/// A job as its owner sees it.
+#[derive(Debug, Clone, Object)]
+pub struct JobView {
+    /// Unguessable id.
+    pub id: String,
+    /// Display name (renamable).
+    pub name: String,
+    pub state: JobStateView,
+    /// Stable code when `state` is `failed`.
+    pub error_code: Option<String>,
+    /// Message safe to show when `state` is `failed`.
+    pub error_message: Option<String>,
+    pub options: OptionsView,
+    pub width: u32,
+    pub height: u32,
+    pub original_content_type: String,
+    pub result_content_type: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Suggested file name for the result, e.g. `cat-nobg.png`.
+    pub download_name: String,
+    pub events_url: String,
+    pub original_url: String,
+    /// Present once the job is done.
+    pub result_url: Option<String>,
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        let base = format!("/v1/jobs/{}", j.id);
+        Self {
+            download_name: format!("{}-nobg.{}", j.name, j.options.format.extension()),
+            events_url: format!("{base}/events"),
+            original_url: format!("{base}/original"),
+            result_url: (j.state == JobState::Done).then(|| format!("{base}/result")),
+            id: j.id,
+            name: j.name,
+            state: j.state.into(),
+            error_code: j.error_code,
+            error_message: j.error_message,
+            options: OptionsView {
+                model: j.options.model,
+                format: j.options.format.into(),
+                mask_only: j.options.mask_only,
+                bg_color: j.options.bg_color,
+                crop: j.options.crop,
+            },
+            width: u32::try_from(j.width).unwrap_or(0),
+            height: u32::try_from(j.height).unwrap_or(0),
+            original_content_type: j.original_content_type,
+            result_content_type: j.result_content_type,
+            created_at: j.created_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+/// A newly created job and the token that grants access to it.
+#[derive(Debug, Clone, Object)]
+pub struct CreatedJob {
+    pub job: JobView,
+    /// Send as `Authorization: Bearer <token>` to act as this client (browsers use the cookie).
+    pub token: String,
+}
+
+/// The upload form.
+#[derive(Debug, Multipart)]
+pub struct UploadForm {
+    /// The photo: PNG, JPEG, WebP, GIF, BMP or TIFF.
+    pub file: Upload,
+    /// `u2netp`, `u2net` (default) or `isnet`.
+    pub model: Option<String>,
+    /// `png` (default), `webp` or `jpeg`.
+    pub format: Option<String>,
+    /// Return the mask instead of the cut-out.
+    pub mask_only: Option<bool>,
+    /// Fill the background with `#rrggbb` instead of transparency.
+    pub bg_color: Option<String>,
+    /// Crop to the subject.
+    pub crop: Option<bool>,
+    /// Display name (default: the file name without extension).
+    pub name: Option<String>,
+}
+
+/// Rename request.
+#[derive(Debug, Clone, Object)]
+pub struct RenameRequest {
+    pub name: String,
+}
+
+/// One progress event (SSE `data:`; `id:` is `seq`, `event:` is `stage`).
+#[derive(Debug, Clone, Object)]
+pub struct JobEventView {
+    pub seq: u64,
+    pub stage: StageView,
+    pub elapsed_ms: u64,
+    pub message: Option<String>,
+    pub error_code: Option<String>,
+}
+
+impl From<JobEvent> for JobEventView {
+    fn from(e: JobEvent) -> Self {
+        Self {
+            seq: e.seq,
+            stage: e.stage.into(),
+            elapsed_ms: e.elapsed_ms,
+            message: e.message,
+            error_code: e.error_code,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum CreateResponse {
+    /// The job was recorded and queued.
+    #[oai(status = 201)]
+    Created(
+        Json<CreatedJob>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Set-Cookie")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum JobResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobView>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    /// The caller's jobs, newest first.
+    #[oai(status = 200)]
+    Ok(Json<Vec<JobView>>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteResponse {
+    /// Files and record are gone.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+#[derive(ApiResponse)]
+pub enum EventsResponse {
+    /// Server-sent events: the current state first, then each stage live; ends after `done` or
+    /// `failed`.
+    #[oai(status = 200)]
+    Stream(EventStream<BoxStream<'static, JobEventView>>),
+}
+
+impl JobsApi {
+    async fn owned(&self, req: &Request, id: &str) -> Result<(ClientId, Job), WebError> {
+        let client = self.signer.identify(req).ok_or(WebError::NotFound)?;
+        if !backless_common::db::is_valid_job_id(id) {
+            return Err(WebError::NotFound);
+        }
+        let job = self
+            .shared
+            .db
+            .get_owned(id, &client.0)
+            .await?
+            .ok_or(WebError::NotFound)?;
+        Ok((client, job))
+    }
+
+    fn options(form: &UploadForm) -> Result<JobOptions, WebError> {
+        let mut o = JobOptions::default();
+        if let Some(m) = form
+            .model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            if !MODELS.contains(&m) {
+                return Err(WebError::InvalidOption {
+                    field: "model",
+                    reason: format!("use one of {}", MODELS.join(", ")),
+                });
+            }
+            o.model = m.to_string();
+        }
+        if let Some(f) = form
+            .format
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+        {
+            o.format = OutputFormat::parse(f).ok_or_else(|| WebError::InvalidOption {
+                field: "format",
+                reason: "use png, webp or jpeg".into(),
+            })?;
+        }
+        o.mask_only = form.mask_only.unwrap_or(false);
+        o.crop = form.crop.unwrap_or(false);
+        if let Some(c) = form
+            .bg_color
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            o.bg_color = Some(normalize_color(c).ok_or_else(|| WebError::InvalidOption {
+                field: "bg_color",
+                reason: "use a colour like #ffffff".into(),
+            })?);
+        }
+        if o.format == OutputFormat::Jpeg && o.bg_color.is_none() && !o.mask_only {
+            // JPEG has no transparency: default to white rather than black.
+            o.bg_color = Some("#ffffff".into());
+        }
+        Ok(o)
+    }
+
+    async fn read_upload(&self, file: Upload) -> Result<(Option<String>, Bytes), WebError> {
+        let max = self.limits.max_bytes;
+        if file.size() as u64 > max {
+            return Err(WebError::FileTooLarge { max_bytes: max });
+        }
+        let name = file.file_name().map(str::to_string);
+        let mut data = Vec::with_capacity(file.size());
+        file.into_async_read()
+            .take(max + 1)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| WebError::InvalidRequest(format!("cannot read the upload: {e}")))?;
+        if data.len() as u64 > max {
+            return Err(WebError::FileTooLarge { max_bytes: max });
+        }
+        Ok((name, Bytes::from(data)))
+    }
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// Upload a photo and start removing its background.
+    #[oai(path = "/jobs", method = "post")]
+    #[tracing::instrument(skip_all, fields(job_id))]
+    async fn create(&self, req: &Request, form: UploadForm) -> ApiResult<CreateResponse> {
+        let (client, new_cookie) = match self.signer.identify(req) {
+            Some(c) => (c, None),
+            None => {
+                let c = self.signer.new_client();
+                let cookie = self.signer.cookie(&c);
+                (c, Some(cookie))
+            }
+        };
+        let live = self
+            .shared
+            .db
+            .count_live_by_owner(&client.0)
+            .await
+            .map_err(WebError::from)?;
+        if live >= self.max_live_per_client {
+            return Err(WebError::TooManyJobs {
+                max: self.max_live_per_client,
+            }
+            .into());
+        }
+        let options = Self::options(&form)?;
+        let explicit_name = form.name.as_deref().and_then(clean_name);
+        let (file_name, data) = self.read_upload(form.file).await?;
+        let checked = check_image(&data, &self.limits)?;
+        let name = explicit_name.unwrap_or_else(|| display_name(file_name.as_deref()));
+
+        let id = new_job_id();
+        tracing::Span::current().record("job_id", id.as_str());
+        let shared = &self.shared;
+        shared
+            .storage
+            .put_original(&id, data)
+            .await
+            .map_err(WebError::from)?;
+        let job = match shared
+            .db
+            .insert(NewJob {
+                id: id.clone(),
+                owner: client.0.clone(),
+                name,
+                options,
+                original_content_type: checked.format.content_type().to_string(),
+                width: checked.width,
+                height: checked.height,
+            })
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => {
+                let _ = shared.storage.delete_job(&id).await;
+                return Err(WebError::from(e).into());
+            }
+        };
+        tracing::info!(
+            width = checked.width,
+            height = checked.height,
+            "job created"
+        );
+        let _ = shared
+            .events
+            .publish(&id, JobEvent::new(Stage::Uploaded, 0))
+            .await;
+        let mut job = job;
+        match shared.enqueue(&id, job.created_at).await {
+            Ok(()) => job.enqueued = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "enqueue failed; the outbox will retry");
+                shared.outbox_wake.notify_one();
+            }
+        }
+        let token = self.signer.token(&client);
+        Ok(CreateResponse::Created(
+            Json(CreatedJob {
+                job: job.into(),
+                token,
+            }),
+            format!("/v1/jobs/{id}"),
+            new_cookie,
+        ))
+    }
+
+    /// The caller's jobs.
+    #[oai(path = "/jobs", method = "get")]
+    async fn list(&self, req: &Request) -> ApiResult<ListResponse> {
+        let Some(client) = self.signer.identify(req) else {
+            return Ok(ListResponse::Ok(Json(Vec::new())));
+        };
+        let jobs = self
+            .shared
+            .db
+            .list_by_owner(&client.0)
+            .await
+            .map_err(WebError::from)?;
+        Ok(ListResponse::Ok(Json(
+            jobs.into_iter().map(Into::into).collect(),
+        )))
+    }
+
+    /// One job.
+    #[oai(path = "/jobs/:id", method = "get")]
+    async fn get(&self, req: &Request, id: Path<String>) -> ApiResult<JobResponse> {
+        let (_, job) = self.owned(req, &id).await?;
+        Ok(JobResponse::Ok(Json(job.into())))
+    }
+
+    /// Rename a job.
+    #[oai(path = "/jobs/:id", method = "patch")]
+    async fn rename(
+        &self,
+        req: &Request,
+        id: Path<String>,
+        body: Json<RenameRequest>,
+    ) -> ApiResult<JobResponse> {
+        let (client, _) = self.owned(req, &id).await?;
+        let name = clean_name(&body.name).ok_or(WebError::InvalidOption {
+            field: "name",
+            reason: "must not be empty".into(),
+        })?;
+        let job = self
+            .shared
+            .db
+            .rename(&id, &client.0, &name)
+            .await
+            .map_err(WebError::from)?
+            .ok_or(WebError::NotFound)?;
+        Ok(JobResponse::Ok(Json(job.into())))
+    }
+
+    /// Delete a job now: original, result and record.
+    #[oai(path = "/jobs/:id", method = "delete")]
+    #[tracing::instrument(skip_all, fields(job_id = %id.0))]
+    async fn delete(&self, req: &Request, id: Path<String>) -> ApiResult<DeleteResponse> {
+        let (_, job) = self.owned(req, &id).await?;
+        self.shared.delete_job(&job.id).await?;
+        Ok(DeleteResponse::Deleted)
+    }
+
+    /// The uploaded original.
+    #[oai(path = "/jobs/:id/original", method = "get")]
+    async fn original(&self, req: &Request, id: Path<String>) -> ApiResult<ImageBody> {
+        let (_, job) = self.owned(req, &id).await?;
+        let data = self
+            .shared
+            .storage
+            .get(&job.original_key)
+            .await
+            .map_err(|e| match e {
+                backless_common::storage::StorageError::NotFound(_) => WebError::NotFound,
+                e => e.into(),
+            })?;
+        Ok(ImageBody {
+            data,
+            content_type: job.original_content_type,
+            filename: None,
+        })
+    }
+
+    /// The result, once the job is done.
+    #[oai(path = "/jobs/:id/result", method = "get")]
+    async fn result(&self, req: &Request, id: Path<String>) -> ApiResult<ImageBody> {
+        let (_, job) = self.owned(req, &id).await?;
+        let key = match (job.state, &job.result_key) {
+            (JobState::Done, Some(k)) => k.clone(),
+            (JobState::Failed, _) => return Err(WebError::JobFailed.into()),
+            _ => return Err(WebError::NotReady.into()),
+        };
+        let data = self.shared.storage.get(&key).await.map_err(|e| match e {
+            backless_common::storage::StorageError::NotFound(_) => WebError::NotFound,
+            e => e.into(),
+        })?;
+        let view = JobView::from(job.clone());
+        Ok(ImageBody {
+            data,
+            content_type: job
+                .result_content_type
+                .unwrap_or_else(|| job.options.format.content_type().to_string()),
+            filename: Some(view.download_name),
+        })
+    }
+
+    /// Live progress as server-sent events. The first event is the job's current state (a client
+    /// arriving after completion still gets `done`); `Last-Event-ID` skips what was already seen;
+    /// the stream ends after `done` or `failed`.
+    #[oai(path = "/jobs/:id/events", method = "get")]
+    #[tracing::instrument(skip_all, fields(job_id = %id.0))]
+    async fn events(
+        &self,
+        req: &Request,
+        id: Path<String>,
+        #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
+    ) -> ApiResult<EventsResponse> {
+        let client = self.signer.identify(req).ok_or(WebError::NotFound)?;
+        if !backless_common::db::is_valid_job_id(&id) {
+            return Err(WebError::NotFound.into());
+        }
+        let shared = Arc::clone(&self.shared);
+        // Subscribe before reading the state, so nothing falls between the two.
+        let live = shared.events.subscribe(&id).await.map_err(WebError::from)?;
+        let job = shared
+            .db
+            .get_owned(&id, &client.0)
+            .await
+            .map_err(WebError::from)?
+            .ok_or(WebError::NotFound)?;
+        let last_seen: u64 = last_event_id
+            .0
+            .as_deref()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let guard = shared.watch(&job.id);
+        let first = state_event(&job);
+
+        // Re-read the record now and then: covers events lost between processes.
+        let poll_shared = Arc::clone(&shared);
+        let job_id = job.id.clone();
+        let polled = stream::unfold((), move |()| {
+            let shared = Arc::clone(&poll_shared);
+            let job_id = job_id.clone();
+            async move {
+                tokio::time::sleep(shared.poll).await;
+                let ev = match shared.db.get(&job_id).await {
+                    Ok(Some(job)) => Some(state_event(&job)),
+                    Ok(None) => Some(JobEvent::failed("deleted", "The photo was deleted.", 0)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot poll job");
+                        None
+                    }
+                };
+                Some((ev, ()))
+            }
+        })
+        .filter_map(|e| async move { e });
+        let merged = stream::select(live, polled).boxed();
+
+        struct St {
+            first: Option<JobEvent>,
+            live: BoxStream<'static, JobEvent>,
+            last: u64,
+            _guard: crate::lifecycle::WatchGuard,
+        }
+        let st = St {
+            first: Some(first),
+            live: merged,
+            last: last_seen,
+            _guard: guard,
+        };
+        let out = stream::unfold(Some(st), |st| async move {
+            let mut st = st?;
+            loop {
+                let ev = match st.first.take() {
+                    Some(e) => {
+                        if e.stage.is_final() && e.seq <= st.last {
+                            // Already seen the end: nothing more will come.
+                            return None;
+                        }
+                        e
+                    }
+                    None => st.live.next().await?,
+                };
+                if ev.seq <= st.last {
+                    continue;
+                }
+                st.last = ev.seq;
+                let fin = ev.stage.is_final();
+                return Some((JobEventView::from(ev), (!fin).then_some(st)));
+            }
+        })
+        .boxed();
+        Ok(EventsResponse::Stream(
+            EventStream::new(out)
+                .keep_alive(self.keep_alive)
+                .to_event(|e: JobEventView| {
+                    let stage = match e.stage {
+                        StageView::Uploaded => "uploaded",
+                        StageView::Queued => "queued",
+                        StageView::Received => "received",
+                        StageView::Segmenting => "segmenting",
+                        StageView::Compositing => "compositing",
+                        StageView::Stored => "stored",
+                        StageView::Done => "done",
+                        StageView::Failed => "failed",
+                    };
+                    let data = poem_openapi::types::ToJSON::to_json_string(&e);
+                    Event::message(data).event_type(stage).id(e.seq.to_string())
+                }),
+        ))
+    }
+}
+
+/// What a watcher is told first: the stored state as an event.
+fn state_event(job: &Job) -> JobEvent {
+    let elapsed = elapsed_ms(job.created_at);
+    match job.state {
+        JobState::Failed => JobEvent::failed(
+            job.error_code.clone().unwrap_or_else(|| "failed".into()),
+            job.error_message
+                .clone()
+                .unwrap_or_else(|| "Processing failed.".into()),
+            elapsed,
+        ),
+        s => JobEvent::new(Stage::from_state(s), elapsed),
+    }
+}

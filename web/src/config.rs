@@ -1,0 +1,95 @@
+//! The web service's configuration: the shared pieces plus what only web needs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backless_common::config::{CommonConfig, ConfigError, Settings};
+
+/// Everything web reads at start-up.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub common: CommonConfig,
+    /// Where to listen (`BACKLESS_WEB_ADDR`; tests use port 0).
+    pub listen: SocketAddr,
+    /// Key for signing client ids (`BACKLESS_COOKIE_SECRET`); `None` = random at start (clients lose
+    /// access to their jobs when the process restarts; set it when running several replicas).
+    pub cookie_secret: Option<Vec<u8>>,
+    /// Mark the client cookie `Secure` (behind HTTPS).
+    pub cookie_secure: bool,
+    /// SSE comment interval; also how soon a vanished client is noticed.
+    pub sse_keep_alive: Duration,
+    /// How often an SSE stream re-reads its job (events lost between processes still arrive).
+    pub sse_poll: Duration,
+    /// How often the outbox retries jobs whose task could not be created.
+    pub outbox_interval: Duration,
+    /// How often unwatched jobs older than the TTL are swept.
+    pub sweep_interval: Duration,
+    /// Run the outbox and sweeper loops (off only in tests that drive them by hand).
+    pub background_loops: bool,
+}
+
+impl WebConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env())
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self::from_settings(&Settings::from_pairs(pairs))
+    }
+
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_settings(s)?;
+        let listen = s.parse(
+            "BACKLESS_WEB_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        )?;
+        let cookie_secret = match s.get("BACKLESS_COOKIE_SECRET") {
+            None => None,
+            Some(v) if v.len() >= 32 => Some(v.as_bytes().to_vec()),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    key: "BACKLESS_COOKIE_SECRET",
+                    message: "must be at least 32 characters".into(),
+                });
+            }
+        };
+        Ok(Self {
+            common,
+            listen,
+            cookie_secret,
+            cookie_secure: s.bool("BACKLESS_COOKIE_SECURE", false)?,
+            sse_keep_alive: s.duration("BACKLESS_SSE_KEEP_ALIVE", Duration::from_secs(15))?,
+            sse_poll: s.duration("BACKLESS_SSE_POLL", Duration::from_secs(2))?,
+            outbox_interval: s.duration("BACKLESS_OUTBOX_INTERVAL", Duration::from_secs(5))?,
+            sweep_interval: s.duration("BACKLESS_SWEEP_INTERVAL", Duration::from_secs(60))?,
+            background_loops: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = WebConfig::from_pairs(Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.cookie_secret.is_none());
+        let c = WebConfig::from_pairs([
+            ("BACKLESS_WEB_ADDR", "0.0.0.0:9999"),
+            ("BACKLESS_COOKIE_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("BACKLESS_SSE_KEEP_ALIVE", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.cookie_secret.as_deref().map(<[u8]>::len), Some(32));
+        assert_eq!(c.sse_keep_alive, Duration::from_secs(1));
+        assert!(WebConfig::from_pairs([("BACKLESS_COOKIE_SECRET", "short")]).is_err());
+    }
+}

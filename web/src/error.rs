@@ -1,0 +1,178 @@
+//! Web errors and their one mapping to HTTP: a status, a stable machine-readable `code` and a
+//! message safe to show. Internal causes are logged, never sent.
+
+use backless_common::db::DbError;
+use backless_common::events::EventsError;
+use backless_common::limits::LimitError;
+use backless_common::storage::StorageError;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("no such job")]
+    NotFound,
+    #[error("the job is not finished")]
+    NotReady,
+    #[error("the job has no result: it failed")]
+    JobFailed,
+    #[error("too many live jobs")]
+    TooManyJobs { max: u64 },
+    #[error("file too large")]
+    FileTooLarge { max_bytes: u64 },
+    #[error("no file")]
+    MissingFile,
+    #[error("empty file")]
+    EmptyFile,
+    #[error("not an image")]
+    NotAnImage,
+    #[error("corrupt image: {0}")]
+    CorruptImage(String),
+    #[error(transparent)]
+    ImageLimit(#[from] LimitError),
+    #[error("invalid {field}: {reason}")]
+    InvalidOption { field: &'static str, reason: String },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Events(#[from] EventsError),
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `not_found`, `file_too_large`, `unsupported_media_type`, ...
+    pub code: String,
+    /// Human-readable, safe to show.
+    pub message: String,
+}
+
+/// Error responses of the API.
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+pub enum ErrorResponse {
+    /// The request is malformed or an option is invalid.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No such job, or it belongs to someone else.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The job is not in a state that allows this.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The upload exceeds the byte limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The upload is not an image format we accept.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// The image is valid but outside the limits.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// Too many live jobs for this client.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>),
+    /// Something failed on our side.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        code: code.to_string(),
+        message: message.into(),
+    })
+}
+
+fn bad_request(err: poem::Error) -> ErrorResponse {
+    if err.status() == poem::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ErrorResponse::PayloadTooLarge(body("file_too_large", "The upload is too large."));
+    }
+    ErrorResponse::BadRequest(body("invalid_request", err.to_string()))
+}
+
+impl From<WebError> for ErrorResponse {
+    fn from(e: WebError) -> Self {
+        use ErrorResponse as R;
+        match e {
+            WebError::NotFound => R::NotFound(body("not_found", "No such job.")),
+            WebError::NotReady => R::Conflict(body(
+                "not_ready",
+                "The job has not finished yet; watch its events.",
+            )),
+            WebError::JobFailed => {
+                R::Conflict(body("job_failed", "The job failed; it has no result."))
+            }
+            WebError::TooManyJobs { max } => R::TooManyRequests(body(
+                "too_many_jobs",
+                format!(
+                    "You already have {max} photos in progress; wait for one to finish or delete one."
+                ),
+            )),
+            WebError::FileTooLarge { max_bytes } => R::PayloadTooLarge(body(
+                "file_too_large",
+                format!(
+                    "The file is larger than {:.0} MB.",
+                    max_bytes as f64 / 1_000_000.0
+                ),
+            )),
+            WebError::MissingFile => {
+                R::BadRequest(body("missing_file", "Attach an image as `file`."))
+            }
+            WebError::EmptyFile => R::BadRequest(body("empty_file", "The file is empty.")),
+            WebError::NotAnImage => R::UnsupportedMediaType(body(
+                "unsupported_media_type",
+                "This is not an image we can read: use PNG, JPEG, WebP, GIF, BMP or TIFF.",
+            )),
+            WebError::CorruptImage(detail) => {
+                tracing::info!(%detail, "corrupt upload");
+                R::BadRequest(body(
+                    "corrupt_image",
+                    "The image file is damaged or truncated.",
+                ))
+            }
+            WebError::ImageLimit(l) => {
+                let code = match l {
+                    LimitError::EmptyImage => "empty_image",
+                    LimitError::SideTooLarge { .. } => "image_side_too_large",
+                    LimitError::TooManyPixels { .. } => "too_many_pixels",
+                    LimitError::TooManyBytes { .. } => "file_too_large",
+                };
+                R::Unprocessable(body(code, l.to_string()))
+            }
+            WebError::InvalidOption { field, reason } => {
+                R::BadRequest(body("invalid_option", format!("{field}: {reason}")))
+            }
+            WebError::InvalidRequest(m) => R::BadRequest(body("invalid_request", m)),
+            e @ (WebError::Db(_) | WebError::Storage(_) | WebError::Events(_)) => {
+                tracing::error!(error = %e, "internal error");
+                R::Internal(body(
+                    "internal_error",
+                    "Something went wrong on our side; try again.",
+                ))
+            }
+        }
+    }
+}
+
+impl ErrorResponse {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::PayloadTooLarge(_) => 413,
+            Self::UnsupportedMediaType(_) => 415,
+            Self::Unprocessable(_) => 422,
+            Self::TooManyRequests(_) => 429,
+            Self::Internal(_) => 500,
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ErrorResponse>;

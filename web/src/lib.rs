@@ -1,0 +1,240 @@
+//! BackLess web: upload pages, the REST API under `/v1` and live progress over SSE.
+//!
+//! [`App::build`] wires configuration to components and binds the listener (port 0 in tests);
+//! [`App::run_until_stopped`] serves until the shutdown future resolves, then drains.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod lifecycle;
+pub mod pages;
+pub mod upload;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backless_common::db::Db;
+use backless_common::events::{self, Events};
+use backless_common::storage::Storage;
+use backless_common::tasks::TaskQueue;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::middleware::Tracing;
+use poem::{EndpointExt, Route, Server};
+use poem_openapi::OpenApiService;
+use tracing::Instrument;
+
+pub use config::WebConfig;
+
+use crate::api::health::HealthApi;
+use crate::api::jobs::JobsApi;
+use crate::identity::Signer;
+use crate::lifecycle::Shared;
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] backless_common::db::DbError),
+    #[error(transparent)]
+    Storage(#[from] backless_common::storage::StorageError),
+    #[error(transparent)]
+    Events(#[from] backless_common::events::EventsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Components the caller may supply instead of having them built from the config (tests; the dev
+/// runner sharing one in-process event bus between web and an embedded worker).
+#[derive(Debug, Default, Clone)]
+pub struct Components {
+    pub events: Option<Arc<dyn Events>>,
+    pub db: Option<Db>,
+    pub storage: Option<Storage>,
+}
+
+/// A bound, not yet serving, web app.
+pub struct App {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    config: WebConfig,
+    signer: Signer,
+}
+
+/// How long in-flight requests (SSE streams included) get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+impl App {
+    pub async fn build(config: WebConfig) -> Result<Self, StartError> {
+        Self::build_with(config, Components::default()).await
+    }
+
+    pub async fn build_with(config: WebConfig, components: Components) -> Result<Self, StartError> {
+        let c = &config.common;
+        let db = match components.db {
+            Some(db) => db,
+            None => Db::connect(&c.database).await?,
+        };
+        let storage = match components.storage {
+            Some(s) => s,
+            None => Storage::from_config(&c.storage)?,
+        };
+        let events = match components.events {
+            Some(e) => e,
+            None => events::from_config(&c.events)?,
+        };
+        let tasks = Arc::new(TaskQueue::new(c.tasks.clone()));
+        if c.tasks.ensure_queue
+            && let Err(e) = tasks.ensure_queue().await
+        {
+            tracing::warn!(error = %e, "cannot ensure the task queue yet; the outbox will retry");
+        }
+        let shared = Arc::new(Shared::new(
+            db,
+            storage,
+            events,
+            tasks,
+            c.jobs.grace,
+            c.jobs.unwatched_ttl,
+            config.sse_poll,
+        ));
+        let signer = Signer::new(config.cookie_secret.clone(), config.cookie_secure);
+        let acceptor = TcpListener::bind(config.listen)
+            .into_acceptor()
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(config.listen);
+        Ok(Self {
+            acceptor,
+            addr,
+            shared,
+            config,
+            signer,
+        })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Database, storage, events and queue, as the app uses them.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    fn routes(&self) -> impl poem::Endpoint + 'static {
+        let c = &self.config;
+        let api = OpenApiService::new(
+            (
+                JobsApi {
+                    shared: Arc::clone(&self.shared),
+                    signer: self.signer.clone(),
+                    limits: c.common.limits,
+                    max_live_per_client: c.common.jobs.max_live_per_client,
+                    keep_alive: c.sse_keep_alive,
+                },
+                HealthApi {
+                    shared: Arc::clone(&self.shared),
+                },
+            ),
+            "BackLess",
+            env!("CARGO_PKG_VERSION"),
+        )
+        .description("Remove the background from a photo: upload, watch progress live, download.");
+        let spec = api.spec_endpoint();
+        let ui_html = api.swagger_ui_html();
+        let ui = poem::endpoint::make_sync(move |_| poem::web::Html(ui_html.clone()));
+        // Multipart framing on top of the largest accepted file.
+        let body_limit = c.common.limits.max_bytes.saturating_add(1024 * 1024);
+        let api = Arc::new(api.around(move |ep, req| limit_body(ep, req, body_limit)));
+        pages::mount(Route::new())
+            .at("/docs", ui)
+            .at("/openapi.json", spec)
+            .at("/healthz", Arc::clone(&api))
+            .at("/readyz", Arc::clone(&api))
+            .nest_no_strip("/v1", api)
+            .with(Tracing)
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish (bounded)
+    /// and stop the background loops.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let loops = if self.config.background_loops {
+            let shared = Arc::clone(&self.shared);
+            let (o, s) = (self.config.outbox_interval, self.config.sweep_interval);
+            Some(tokio::spawn(
+                lifecycle::background_loops(shared, o, s, stop_rx)
+                    .instrument(tracing::info_span!("web-background")),
+            ))
+        } else {
+            None
+        };
+        let routes = self.routes();
+        tracing::info!(addr = %self.addr, "web listening");
+        let res = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(routes, shutdown, Some(DRAIN))
+            .await;
+        let _ = stop_tx.send(true);
+        if let Some(h) = loops {
+            let _ = h.await;
+        }
+        res
+    }
+}
+
+/// 413 before reading a body that declares more than `limit` bytes; a body without a length is
+/// capped while it is read.
+async fn limit_body<E: poem::Endpoint>(
+    ep: Arc<E>,
+    mut req: poem::Request,
+    limit: u64,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        error::ErrorResponse::from(error::WebError::FileTooLarge {
+            max_bytes: limit.saturating_sub(1024 * 1024),
+        })
+        .into_response()
+    };
+    match declared {
+        Some(n) if n > limit => return Ok(too_large()),
+        Some(_) => {}
+        None if req.method() == poem::http::Method::POST
+            || req.method() == poem::http::Method::PATCH =>
+        {
+            let body = req.take_body();
+            match body
+                .into_bytes_limit(usize::try_from(limit).unwrap_or(usize::MAX))
+                .await
+            {
+                Ok(b) => req.set_body(b),
+                Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => {}
+    }
+    Ok(ep.call(req).await?.into_response())
+}

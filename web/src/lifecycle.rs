@@ -1,0 +1,318 @@
+//! Job lifetime: who is watching, when files are deleted, the outbox and the sweeper.
+//!
+//! - Each SSE connection holds a [`WatchGuard`]. When a job's last watcher leaves, a reaper waits
+//!   until the job is final (if it is not yet), then the grace window, and deletes original, result
+//!   and record unless someone started watching again meanwhile.
+//! - Jobs never watched (or left behind by a restart) are swept once older than the TTL.
+//! - The outbox creates the Cloud Tasks task for jobs whose enqueue failed at upload.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backless_common::db::Db;
+use backless_common::events::{Events, JobEvent, Stage};
+use backless_common::storage::Storage;
+use backless_common::tasks::TaskQueue;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::error::WebError;
+
+#[derive(Debug, Default)]
+struct Watch {
+    count: usize,
+    generation: u64,
+}
+
+/// Everything the request handlers and background loops share.
+#[derive(Debug)]
+pub struct Shared {
+    pub db: Db,
+    pub storage: Storage,
+    pub events: Arc<dyn Events>,
+    pub tasks: Arc<TaskQueue>,
+    pub grace: Duration,
+    pub unwatched_ttl: Duration,
+    /// How often an SSE stream and a reaper re-read the job (covers events lost between processes).
+    pub poll: Duration,
+    watchers: Mutex<HashMap<String, Watch>>,
+    pub outbox_wake: Notify,
+}
+
+impl Shared {
+    pub fn new(
+        db: Db,
+        storage: Storage,
+        events: Arc<dyn Events>,
+        tasks: Arc<TaskQueue>,
+        grace: Duration,
+        unwatched_ttl: Duration,
+        poll: Duration,
+    ) -> Self {
+        Self {
+            db,
+            storage,
+            events,
+            tasks,
+            grace,
+            unwatched_ttl,
+            poll,
+            watchers: Mutex::default(),
+            outbox_wake: Notify::new(),
+        }
+    }
+
+    /// Start watching a job; drop the guard when the connection ends.
+    pub fn watch(self: &Arc<Self>, job_id: &str) -> WatchGuard {
+        let mut w = self.watchers.lock().expect("watchers lock");
+        let watch = w.entry(job_id.to_string()).or_default();
+        watch.count += 1;
+        watch.generation += 1;
+        WatchGuard {
+            shared: Arc::clone(self),
+            job_id: job_id.to_string(),
+        }
+    }
+
+    /// Current watcher count (tests, diagnostics).
+    pub fn watchers(&self, job_id: &str) -> usize {
+        self.watchers
+            .lock()
+            .expect("watchers lock")
+            .get(job_id)
+            .map_or(0, |w| w.count)
+    }
+
+    fn generation(&self, job_id: &str) -> Option<u64> {
+        let w = self.watchers.lock().expect("watchers lock");
+        w.get(job_id).filter(|w| w.count == 0).map(|w| w.generation)
+    }
+
+    /// Delete a job's files and record now. Live watchers are told it is gone.
+    #[tracing::instrument(skip_all, fields(job_id))]
+    pub async fn delete_job(&self, job_id: &str) -> Result<bool, WebError> {
+        self.storage.delete_job(job_id).await?;
+        let existed = self.db.delete(job_id).await?;
+        self.watchers
+            .lock()
+            .expect("watchers lock")
+            .retain(|k, w| k != job_id || w.count > 0);
+        if existed {
+            tracing::info!("job deleted");
+            let _ = self
+                .events
+                .publish(
+                    job_id,
+                    JobEvent::failed("deleted", "The photo was deleted.", 0),
+                )
+                .await;
+        }
+        Ok(existed)
+    }
+
+    /// After the last watcher left: wait for the job to finish, then the grace window, then delete
+    /// unless someone is watching again.
+    async fn reap_when_finished(self: Arc<Self>, job_id: String, generation: u64) {
+        let still_unwatched = |s: &Self| s.generation(&job_id) == Some(generation);
+        let mut live = match self.events.subscribe(&job_id).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe; polling only");
+                None
+            }
+        };
+        loop {
+            if !still_unwatched(&self) {
+                return;
+            }
+            match self.db.get(&job_id).await {
+                Ok(Some(job)) if job.state.is_final() => break,
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(e) => tracing::warn!(error = %e, "reaper cannot read job"),
+            }
+            let wait = async {
+                match live.as_mut() {
+                    Some(s) => loop {
+                        match s.next().await {
+                            Some(ev) if ev.stage.is_final() => break,
+                            Some(_) => {}
+                            None => std::future::pending::<()>().await,
+                        }
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let _ = tokio::time::timeout(self.poll, wait).await;
+        }
+        drop(live);
+        tokio::time::sleep(self.grace).await;
+        if still_unwatched(&self)
+            && let Err(e) = self.delete_job(&job_id).await
+        {
+            tracing::warn!(error = %e, "reaper could not delete job");
+        }
+    }
+
+    /// Create tasks for queued jobs whose enqueue failed. Stops at the first failure (the queue is
+    /// probably down; the next round retries). Returns how many were enqueued.
+    pub async fn run_outbox_once(&self) -> usize {
+        let pending = match self.db.pending_enqueue(100).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox cannot read jobs");
+                return 0;
+            }
+        };
+        if pending.is_empty() {
+            return 0;
+        }
+        if self.tasks.config().ensure_queue
+            && let Err(e) = self.tasks.ensure_queue().await
+        {
+            tracing::warn!(error = %e, "outbox cannot ensure the queue");
+            return 0;
+        }
+        let mut done = 0;
+        for job in pending {
+            match self.enqueue(&job.id, job.created_at).await {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "outbox enqueue failed; will retry");
+                    break;
+                }
+            }
+        }
+        done
+    }
+
+    /// Create the job's task and record that it exists.
+    pub async fn enqueue(
+        &self,
+        job_id: &str,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), backless_common::tasks::TasksError> {
+        self.tasks.enqueue_job(job_id).await?;
+        if let Err(e) = self.db.mark_enqueued(job_id).await {
+            // The task exists; the outbox will retry and get AlreadyExists, which is fine.
+            tracing::warn!(error = %e, "cannot mark job enqueued");
+        }
+        let _ = self
+            .events
+            .publish(job_id, JobEvent::new(Stage::Queued, elapsed_ms(created_at)))
+            .await;
+        Ok(())
+    }
+
+    /// Delete unwatched jobs older than the TTL. Returns how many were deleted.
+    pub async fn sweep_once(&self) -> usize {
+        let ttl = chrono::Duration::from_std(self.unwatched_ttl).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Utc::now() - ttl;
+        let old = match self.db.created_before(cutoff, 500).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeper cannot read jobs");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for job in old {
+            if self.watchers(&job.id) > 0 {
+                continue;
+            }
+            match self.delete_job(&job.id).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(job_id = %job.id, error = %e, "sweep delete failed"),
+            }
+        }
+        n
+    }
+}
+
+/// Milliseconds since `t`.
+pub fn elapsed_ms(t: chrono::DateTime<chrono::Utc>) -> u64 {
+    u64::try_from((chrono::Utc::now() - t).num_milliseconds()).unwrap_or(0)
+}
+
+/// Held by each SSE connection.
+#[derive(Debug)]
+pub struct WatchGuard {
+    shared: Arc<Shared>,
+    job_id: String,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let generation = {
+            let mut w = self.shared.watchers.lock().expect("watchers lock");
+            let Some(watch) = w.get_mut(&self.job_id) else {
+                return;
+            };
+            watch.count = watch.count.saturating_sub(1);
+            if watch.count > 0 {
+                return;
+            }
+            watch.generation
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::clone(&self.shared);
+            let job_id = self.job_id.clone();
+            let span = tracing::info_span!("reaper", job_id = %job_id);
+            handle.spawn(
+                shared
+                    .reap_when_finished(job_id, generation)
+                    .instrument(span),
+            );
+        }
+    }
+}
+
+/// The outbox and sweeper loops (separate tasks, so a slow queue never delays a sweep), until
+/// `stop` fires.
+pub async fn background_loops(
+    shared: Arc<Shared>,
+    outbox_every: Duration,
+    sweep_every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let outbox = {
+        let shared = Arc::clone(&shared);
+        let mut stop = stop.clone();
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(outbox_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tick.tick() => {}
+                        _ = shared.outbox_wake.notified() => {}
+                    }
+                    shared.run_outbox_once().await;
+                }
+            }
+            .instrument(tracing::info_span!("outbox")),
+        )
+    };
+    let sweeper = {
+        let mut stop = stop;
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(sweep_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tick.tick() => {}
+                    }
+                    shared.sweep_once().await;
+                }
+            }
+            .instrument(tracing::info_span!("sweeper")),
+        )
+    };
+    let _ = tokio::join!(outbox, sweeper);
+}

@@ -1,0 +1,177 @@
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn finished_job_is_deleted_a_grace_window_after_its_last_watcher_leaves() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "700ms")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(res);
+    assert_eq!(sse.next().await.unwrap().event, "queued");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watchers(&id) == 1
+        })
+        .await
+    );
+    app.finish_job(&id).await;
+    while sse.next().await.is_some() {}
+    // Within the grace window the result can still be fetched.
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/result")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.stored_files().len(), 2);
+    // Then everything is gone.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.job_rows().await == 0 && app.stored_files().is_empty()
+        })
+        .await,
+        "files {:?}",
+        app.stored_files()
+    );
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn a_watcher_returning_within_the_grace_window_restarts_it() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "1s")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    app.finish_job(&id).await;
+    let watch_once = || async {
+        let res = c
+            .get(app.url(&format!("/v1/jobs/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, "done");
+        assert!(sse.next().await.is_none());
+    };
+    watch_once().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    watch_once().await; // back within the grace window
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The first window has passed, but the second watcher restarted it.
+    assert_eq!(app.job_rows().await, 1);
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/result")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.job_rows().await == 0 && app.stored_files().is_empty()
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn client_leaving_before_the_job_finishes_means_deletion_when_it_finishes() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "300ms")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    {
+        let res = c
+            .get(app.url(&format!("/v1/jobs/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, "queued");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                app.shared.watchers(&id) == 1
+            })
+            .await
+        );
+    } // the client goes away
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watchers(&id) == 0
+        })
+        .await,
+        "the server notices the closed connection"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        app.job_rows().await,
+        1,
+        "not deleted while the job is unfinished"
+    );
+    app.finish_job(&id).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.job_rows().await == 0 && app.stored_files().is_empty()
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn jobs_never_watched_are_swept_after_the_ttl() {
+    let app = spawn_app(&[
+        ("BACKLESS_UNWATCHED_TTL", "2s"),
+        ("BACKLESS_SWEEP_INTERVAL", "100ms"),
+    ])
+    .await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    assert_eq!(app.stored_files().len(), 1);
+    let swept = eventually(Duration::from_secs(5), || async {
+        app.job_rows().await == 0 && app.stored_files().is_empty()
+    })
+    .await;
+    assert!(
+        swept,
+        "rows {} files {:?}",
+        app.job_rows().await,
+        app.stored_files()
+    );
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn failed_enqueue_leaves_the_job_queued_for_the_outbox() {
+    // The tasks endpoint is a closed port: creating the task fails.
+    let app = spawn_app(&[]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let job: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(job["state"], "queued");
+    let row = app.shared.db.get(&id).await.unwrap().unwrap();
+    assert!(!row.enqueued);
+    // The outbox keeps retrying and keeps failing without losing the job.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.shared.run_outbox_once().await, 0);
+    let pending = app.shared.db.pending_enqueue(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+}

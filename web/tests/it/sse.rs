@@ -1,0 +1,149 @@
+use std::time::Duration;
+
+use backless_common::events::{JobEvent, Stage};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn events_send_current_state_first_then_live_stages_and_end_after_done() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "60s")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut sse = SseReader::new(res);
+    let first = sse.next().await.unwrap();
+    assert_eq!(first.event, "queued");
+    assert_eq!(first.id, "2");
+    assert_eq!(first.data["stage"], "queued");
+    // Wait until the stream is registered as a watcher, then drive the job as a worker would.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watchers(&id) == 1
+        })
+        .await
+    );
+    app.finish_job(&id).await;
+    let mut stages = Vec::new();
+    while let Some(ev) = sse.next().await {
+        stages.push(ev.event.clone());
+        assert_eq!(ev.data["stage"], ev.event);
+        assert_eq!(ev.id, ev.data["seq"].to_string());
+    }
+    assert_eq!(
+        stages,
+        ["received", "segmenting", "compositing", "stored", "done"],
+        "the stream ends after done"
+    );
+
+    // A client arriving after completion still gets `done`, and the stream ends.
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(res);
+    let ev = sse.next().await.unwrap();
+    assert_eq!(ev.event, "done");
+    assert!(sse.next().await.is_none());
+
+    // Last-Event-ID: a reconnect that already saw `done` gets nothing more.
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .header("Last-Event-ID", "7")
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(res);
+    assert!(sse.next().await.is_none());
+}
+
+#[tokio::test]
+async fn last_event_id_skips_stages_already_seen_and_failures_end_the_stream() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "60s")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    assert!(
+        app.shared
+            .db
+            .try_claim(&id, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+
+    // Already saw up to `segmenting` (4): the stored state (processing = received, 3) is skipped.
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .header("Last-Event-ID", "4")
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(res);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watchers(&id) == 1
+        })
+        .await
+    );
+    app.publish(&id, JobEvent::new(Stage::Segmenting, 5)).await;
+    app.publish(&id, JobEvent::new(Stage::Compositing, 6)).await;
+    let ev = sse.next().await.unwrap();
+    assert_eq!(ev.event, "compositing");
+    assert!(
+        app.shared
+            .db
+            .mark_failed(&id, "decode_failed", "The image could not be decoded.")
+            .await
+            .unwrap()
+    );
+    app.publish(
+        &id,
+        JobEvent::failed("decode_failed", "The image could not be decoded.", 7),
+    )
+    .await;
+    let ev = sse.next().await.unwrap();
+    assert_eq!(ev.event, "failed");
+    assert_eq!(ev.data["error_code"], "decode_failed");
+    assert!(sse.next().await.is_none());
+}
+
+#[tokio::test]
+async fn events_arrive_from_the_record_when_no_event_is_published() {
+    // A worker in another process without a shared bus: polling the record still moves the stream.
+    let app = spawn_app(&[("BACKLESS_GRACE", "60s")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(res);
+    assert_eq!(sse.next().await.unwrap().event, "queued");
+    let db = &app.shared.db;
+    assert!(db.try_claim(&id, Duration::from_secs(60)).await.unwrap());
+    assert_eq!(sse.next().await.unwrap().event, "received");
+    app.shared
+        .storage
+        .put_result(&id, png_bytes(4, 4).into())
+        .await
+        .unwrap();
+    assert!(
+        db.mark_done(&id, &backless_common::storage::result_key(&id), "image/png")
+            .await
+            .unwrap()
+    );
+    assert_eq!(sse.next().await.unwrap().event, "done");
+    assert!(sse.next().await.is_none());
+}
