@@ -156,11 +156,14 @@ async fn main() {
                 .await
                 .expect("rest client"),
         ),
-        "grpc" => Client::Grpc(
-            CloudTasksClient::connect(endpoint.clone())
+        "grpc" => {
+            let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+                .expect("endpoint")
+                .connect()
                 .await
-                .expect("grpc connect"),
-        ),
+                .expect("grpc connect");
+            Client::Grpc(CloudTasksClient::new(channel))
+        }
         other => panic!("unknown transport {other}"),
     };
     let queue = format!("{PARENT}/queues/bench-{transport}-{}", std::process::id());
