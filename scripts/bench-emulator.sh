@@ -79,6 +79,6 @@ for label in ("backless (rate limits off)", "backless (500/s cap)"):
         if r["label"] != label or r["transport"] not in peer:
             continue
         p = peer[r["transport"]]
-        print(f"{label} vs peer, {r['transport']}: create p50 {p['create_p50_ms']/r['create_p50_ms']:.2f}x faster, "
-              f"p99 {p['create_p99_ms']/r['create_p99_ms']:.2f}x faster, dispatch throughput {r['dispatch_per_s']/p['dispatch_per_s']:.2f}x")
+        print(f"{label} vs peer, {r['transport']}: create latency p50 peer/ours = {p['create_p50_ms']/r['create_p50_ms']:.2f}, "
+              f"p99 peer/ours = {p['create_p99_ms']/r['create_p99_ms']:.2f}, dispatch throughput ours/peer = {r['dispatch_per_s']/p['dispatch_per_s']:.2f}")
 PY
