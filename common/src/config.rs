@@ -49,6 +49,23 @@ impl Settings {
         )
     }
 
+    /// The same settings with `key` set to `value` (the dev runner wires one service's bound
+    /// address into another's configuration).
+    #[must_use]
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.0.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The same settings with `key` set to `value` unless it is already set.
+    #[must_use]
+    pub fn with_default(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.0
+            .entry(key.to_string())
+            .or_insert_with(|| value.into());
+        self
+    }
+
     /// A set, non-blank value.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())

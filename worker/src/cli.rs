@@ -27,6 +27,24 @@ pub enum Command {
     /// Manage model weights.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Serve the push endpoint Cloud Tasks delivers jobs to (configured by BACKLESS_* variables).
+    Serve,
+    /// Run web, worker and the Cloud Tasks emulator together on embedded defaults.
+    #[cfg(feature = "dev")]
+    Dev,
+    /// Time the model on one photo (see scripts/bench-model.sh, which compares with onnxruntime).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The photo to segment.
+    pub photo: PathBuf,
+    #[command(flatten)]
+    pub model: ModelSelection,
+    /// Timed runs after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -199,9 +217,106 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Peak resident memory of this process so far, in MiB (Linux; 0 elsewhere).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One line of JSON: median network time on a fixed input tensor, median whole-pipeline time
+/// (decode, resize, network, mask upscale, composite, PNG encode) and peak memory.
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use std::time::Instant;
+    let started = Instant::now();
+    let device = crate::model::default_device()?;
+    let seg = Segmenter::load(&args.model.models_dir, &args.model.model, &device)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let bytes = std::fs::read(&args.photo)?;
+    let limits = ImageLimits::default();
+    let img = crate::pipeline::decode(&bytes, &limits)?;
+    let input =
+        crate::pipeline::normalise(&crate::pipeline::model_pixels(&img, &seg.info), &seg.info)?;
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    let mut forward = || -> anyhow::Result<()> {
+        seg.forward(&input)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(())
+    };
+    let first_ms = time(&mut forward)?;
+    let forward_ms = median(
+        (0..args.runs)
+            .map(|_| time(&mut forward))
+            .collect::<Result<_, _>>()?,
+    );
+    let opts = OutputOptions::default();
+    let mut pipeline = || -> anyhow::Result<()> {
+        remove_background(&seg, &bytes, &limits, &opts, |_, _| {})?;
+        Ok(())
+    };
+    let pipeline_ms = median(
+        (0..args.runs)
+            .map(|_| time(&mut pipeline))
+            .collect::<Result<_, _>>()?,
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "runtime": "candle",
+            "model": seg.info.name,
+            "input_size": seg.info.input_size,
+            "threads": rayon::current_num_threads(),
+            "load_ms": load_ms,
+            "first_forward_ms": first_ms,
+            "forward_ms": forward_ms,
+            "pipeline_ms": pipeline_ms,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// The push service alone (production: Cloud Run or Kubernetes behind Cloud Tasks).
+pub fn serve() -> anyhow::Result<ExitCode> {
+    let config = crate::config::WorkerConfig::from_env()?;
+    runtime()?.block_on(async {
+        let app = crate::server::App::build(config).await?;
+        app.run_until_stopped(backless_common::shutdown::signal())
+            .await?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Remove(args) => remove(args),
+        Command::Bench(args) => bench(args),
+        Command::Serve => serve(),
+        #[cfg(feature = "dev")]
+        Command::Dev => runtime()?
+            .block_on(crate::dev::run(
+                backless_common::config::Settings::from_env(),
+            ))
+            .map(|()| ExitCode::SUCCESS),
         Command::Model(ModelCommand::Import {
             onnx,
             arch,

@@ -2,7 +2,11 @@
 //! the command line (`worker remove`, `worker model import`).
 
 pub mod cli;
+pub mod config;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod resample;
+pub mod server;

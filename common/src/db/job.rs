@@ -76,7 +76,7 @@ impl OutputFormat {
 /// The segmentation networks the worker knows.
 pub const MODELS: &[&str] = &["u2netp", "u2net", "isnet"];
 /// The model used when the client names none.
-pub const DEFAULT_MODEL: &str = "u2net";
+pub const DEFAULT_MODEL: &str = "u2netp";
 
 /// What the client asked for, stored as JSON on the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]

@@ -233,6 +233,23 @@ impl Db {
         Ok(res.rows_affected == 1)
     }
 
+    /// Give a claimed job back (`processing` -> `queued`, lease cleared) after a transient failure,
+    /// so the queue's retry can claim it at once instead of waiting for the lease to run out.
+    pub async fn release(&self, id: &str) -> Result<bool, DbError> {
+        let res = job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Queued))
+            .col_expr(
+                job::Column::ClaimedUntil,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(job::Column::Id.eq(id))
+            .filter(job::Column::State.eq(JobState::Processing))
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
     /// `processing` -> `done` with the stored result. `false` if the job is gone or not processing.
     pub async fn mark_done(
         &self,

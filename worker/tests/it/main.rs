@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod cli;
+#[cfg(feature = "dev")]
+mod e2e;
 mod golden;
 mod network;
 

@@ -1,0 +1,85 @@
+//! The worker service's configuration: the shared pieces plus what only the worker needs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use backless_common::config::{CommonConfig, ConfigError, Settings};
+
+/// Everything the worker service reads at start-up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub common: CommonConfig,
+    /// Where to listen (`BACKLESS_WORKER_ADDR`; tests use port 0).
+    pub listen: SocketAddr,
+    /// Folder with `<model>.safetensors` + `<model>.json` (`BACKLESS_MODELS_DIR`).
+    pub models_dir: PathBuf,
+    /// Models loaded at start-up (`BACKLESS_MODELS`, comma-separated); jobs asking for another
+    /// model fail with `model_unavailable`.
+    pub models: Vec<String>,
+    /// Images processed at once (`BACKLESS_WORKER_CONCURRENCY`; default: one per two cores, at
+    /// least one, since each inference already uses every core).
+    pub concurrency: usize,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env())
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self::from_settings(&Settings::from_pairs(pairs))
+    }
+
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let models: Vec<String> = s
+            .string("BACKLESS_MODELS", "u2netp")
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect();
+        for m in &models {
+            if m.parse::<crate::model::Arch>().is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "BACKLESS_MODELS",
+                    message: format!("unknown model {m:?}; known: u2netp, u2net, isnet"),
+                });
+            }
+        }
+        if models.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "BACKLESS_MODELS",
+                message: "name at least one model".into(),
+            });
+        }
+        Ok(Self {
+            common: CommonConfig::from_settings(s)?,
+            listen: s.parse(
+                "BACKLESS_WORKER_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8081)),
+            )?,
+            models_dir: PathBuf::from(s.string("BACKLESS_MODELS_DIR", "models")),
+            models,
+            concurrency: s.parse("BACKLESS_WORKER_CONCURRENCY", (cores / 2).max(1))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = WorkerConfig::from_pairs([("BACKLESS_MODELS", "u2netp, u2net")]).unwrap();
+        assert_eq!(c.models, ["u2netp", "u2net"]);
+        assert_eq!(c.listen.port(), 8081);
+        assert!(c.concurrency >= 1);
+        assert!(WorkerConfig::from_pairs([("BACKLESS_MODELS", "yolo")]).is_err());
+    }
+}

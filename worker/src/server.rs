@@ -1,0 +1,457 @@
+//! The push target: Cloud Tasks (or our emulator) POSTs `{"job_id": ...}` here, and the worker
+//! turns the stored original into the stored result.
+//!
+//! The contract with the queue (delivery is at least once):
+//! - 2xx when the job is finished, whether it succeeded or failed for a reason retrying cannot
+//!   fix (corrupt image, over limits): the failure is recorded on the job.
+//! - 503 with `Retry-After` when retrying can help: database or storage unavailable, models
+//!   still loading past the wait bound, or another delivery of the same job holding it.
+//! - Idempotent: a finished job answers 2xx at once; the database claim (a lease) makes sure two
+//!   concurrent deliveries never both run the model, and a worker killed mid-job loses its lease so
+//!   the queue's retry takes the job over.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backless_common::db::{Db, Job, JobOptions, is_valid_job_id};
+use backless_common::events::{self, Events, JobEvent, Stage};
+use backless_common::limits::ImageLimits;
+use backless_common::storage::{Storage, StorageError, result_key};
+use poem::http::{HeaderMap, StatusCode};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::{Data, Json};
+use poem::{EndpointExt, IntoResponse, Response, Route, Server, handler, post};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
+
+use crate::config::WorkerConfig;
+use crate::model::{Segmenter, default_device};
+use crate::pipeline::{self, Crop, OutputFormat, OutputOptions, Rgb};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] backless_common::db::DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Events(#[from] backless_common::events::EventsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Components the caller may supply instead of having them built from the config (tests; the
+/// dev runner sharing one in-process event bus with web).
+#[derive(Debug, Default, Clone)]
+pub struct Components {
+    pub events: Option<Arc<dyn Events>>,
+    pub db: Option<Db>,
+    pub storage: Option<Storage>,
+}
+
+/// Loaded models by name, or why loading failed.
+type Models = Result<Arc<HashMap<String, Arc<Segmenter>>>, String>;
+
+/// What every request handler shares.
+pub struct State {
+    db: Db,
+    storage: Storage,
+    events: Arc<dyn Events>,
+    limits: ImageLimits,
+    lease: Duration,
+    models: watch::Receiver<Option<Models>>,
+    inference: Semaphore,
+    /// Model runs so far (tests check duplicate deliveries do not add one).
+    runs: std::sync::atomic::AtomicU64,
+}
+
+impl State {
+    /// Model runs started since start-up.
+    pub fn model_runs(&self) -> u64 {
+        self.runs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait (bounded) for the models to finish loading: a push arriving during start-up waits.
+    async fn models(&self, wait: Duration) -> Option<Models> {
+        let mut rx = self.models.clone();
+        let ready = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        match ready {
+            Ok(Ok(m)) => m.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// A bound, not yet serving, worker.
+pub struct App {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    state: Arc<State>,
+    loader: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    pub async fn build(config: WorkerConfig) -> Result<Self, StartError> {
+        Self::build_with(config, Components::default()).await
+    }
+
+    /// Bind, connect, and start loading the models in the background (`/readyz` answers 503
+    /// until they are loaded).
+    pub async fn build_with(
+        config: WorkerConfig,
+        components: Components,
+    ) -> Result<Self, StartError> {
+        let c = &config.common;
+        let db = match components.db {
+            Some(db) => db,
+            None => Db::connect(&c.database).await?,
+        };
+        let storage = match components.storage {
+            Some(s) => s,
+            None => Storage::from_config(&c.storage)?,
+        };
+        let events = match components.events {
+            Some(e) => e,
+            None => events::from_config(&c.events)?,
+        };
+        let (tx, rx) = watch::channel(None);
+        let (dir, names) = (config.models_dir.clone(), config.models.clone());
+        let loader = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let loaded = load_models(&dir, &names);
+            match &loaded {
+                Ok(_) => {
+                    tracing::info!(models = ?names, ms = started.elapsed().as_millis() as u64, "models loaded")
+                }
+                Err(e) => tracing::error!(error = %e, "models failed to load"),
+            }
+            let _ = tx.send(Some(loaded));
+        });
+        let acceptor = TcpListener::bind(config.listen)
+            .into_acceptor()
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(config.listen);
+        let state = Arc::new(State {
+            db,
+            storage,
+            events,
+            limits: c.limits,
+            lease: c.jobs.claim_lease,
+            models: rx,
+            inference: Semaphore::new(config.concurrency.max(1)),
+            runs: Default::default(),
+        });
+        Ok(Self {
+            acceptor,
+            addr,
+            state,
+            loader,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        Arc::clone(&self.state)
+    }
+
+    /// Serve until `shutdown` resolves, then let in-flight pushes finish (bounded).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let routes = Route::new()
+            .at("/v1/tasks/remove-background", post(remove_background))
+            .at("/healthz", poem::get(healthz))
+            .at("/readyz", poem::get(readyz))
+            .data(Arc::clone(&self.state))
+            .with(poem::middleware::Tracing);
+        tracing::info!(addr = %self.addr, "worker listening");
+        let res = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(routes, shutdown, Some(Duration::from_secs(60)))
+            .await;
+        self.loader.abort();
+        res
+    }
+}
+
+fn load_models(dir: &std::path::Path, names: &[String]) -> Models {
+    let device = default_device().map_err(|e| e.to_string())?;
+    let mut models = HashMap::new();
+    for name in names {
+        let seg = Segmenter::load(dir, name, &device).map_err(|e| e.to_string())?;
+        models.insert(name.clone(), Arc::new(seg));
+    }
+    Ok(Arc::new(models))
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(Data(state): Data<&Arc<State>>) -> Response {
+    let models_ready = matches!(*state.models.borrow(), Some(Ok(_)));
+    let db_ready = state.db.ping().await.is_ok();
+    if models_ready && db_ready {
+        "ready".into_response()
+    } else {
+        let body = format!("not ready: models loaded {models_ready}, database {db_ready}");
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TaskBody {
+    job_id: String,
+}
+
+/// How a push ended, as the queue must hear it.
+enum Outcome {
+    /// Finished (done, failed for good, or nothing to do): 200.
+    Finished(&'static str),
+    /// Worth retrying: 503 with Retry-After seconds.
+    Retry(&'static str, u64),
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Finished(what) => Json(serde_json::json!({ "status": what })).into_response(),
+            Outcome::Retry(why, after) => Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header("Retry-After", after.to_string())
+                .content_type("application/json")
+                .body(serde_json::json!({ "status": "retry", "reason": why }).to_string()),
+        }
+    }
+}
+
+#[handler]
+async fn remove_background(
+    Data(state): Data<&Arc<State>>,
+    headers: &HeaderMap,
+    body: poem::Body,
+) -> Outcome {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let span = tracing::info_span!(
+        "push",
+        job_id = tracing::field::Empty,
+        task = %header("x-cloudtasks-taskname"),
+        retry = %header("x-cloudtasks-taskretrycount"),
+    );
+    async move {
+        // The body is trusted for nothing but the job id.
+        let bytes = body.into_bytes_limit(4096).await.unwrap_or_default();
+        let Ok(TaskBody { job_id }) = serde_json::from_slice::<TaskBody>(&bytes) else {
+            tracing::warn!("push without a readable job id; dropping it");
+            return Outcome::Finished("ignored");
+        };
+        if !is_valid_job_id(&job_id) {
+            tracing::warn!("push with a malformed job id; dropping it");
+            return Outcome::Finished("ignored");
+        }
+        tracing::Span::current().record("job_id", job_id.as_str());
+        process(state, &job_id).await
+    }
+    .instrument(span)
+    .await
+}
+
+fn elapsed_ms(job: &Job) -> u64 {
+    (chrono::Utc::now() - job.created_at)
+        .num_milliseconds()
+        .max(0) as u64
+}
+
+async fn publish(state: &State, job: &Job, stage: Stage) {
+    let event = JobEvent::new(stage, elapsed_ms(job));
+    if let Err(e) = state.events.publish(&job.id, event).await {
+        // Progress is best effort: the final state is in the database either way.
+        tracing::warn!(error = %e, ?stage, "cannot publish progress");
+    }
+}
+
+/// Options as the pipeline understands them.
+fn output_options(o: &JobOptions) -> OutputOptions {
+    use backless_common::db::OutputFormat as F;
+    OutputOptions {
+        format: match o.format {
+            F::Png => OutputFormat::Png,
+            F::Webp => OutputFormat::Webp,
+            F::Jpeg => OutputFormat::Jpeg,
+        },
+        mask_only: o.mask_only,
+        bg_color: o.bg_color.as_deref().and_then(|c| c.parse::<Rgb>().ok()),
+        crop: o.crop.then(Crop::default),
+    }
+}
+
+/// Record a permanent failure and tell the watchers.
+async fn fail(state: &State, job: &Job, code: &str, message: &str) -> Outcome {
+    match state.db.mark_failed(&job.id, code, message).await {
+        Ok(_) => {
+            let event = JobEvent::failed(code, message, elapsed_ms(job));
+            if let Err(e) = state.events.publish(&job.id, event).await {
+                tracing::warn!(error = %e, "cannot publish failure");
+            }
+            tracing::info!(code, "job failed permanently");
+            Outcome::Finished("failed")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record failure");
+            Outcome::Retry("database", 5)
+        }
+    }
+}
+
+/// Give the job back and ask the queue to retry.
+async fn retry(state: &State, job: &Job, why: &'static str) -> Outcome {
+    if let Err(e) = state.db.release(&job.id).await {
+        tracing::warn!(error = %e, "cannot release the claim; it expires with its lease");
+    }
+    Outcome::Retry(why, 5)
+}
+
+async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
+    let job = match state.db.get(job_id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Outcome::Finished("gone"),
+        Err(e) => {
+            tracing::warn!(error = %e, "database unavailable");
+            return Outcome::Retry("database", 5);
+        }
+    };
+    if job.state.is_final() {
+        return Outcome::Finished("already finished");
+    }
+    let Some(models) = state.models(Duration::from_secs(30)).await else {
+        return Outcome::Retry("models loading", 5);
+    };
+    let models = match models {
+        Ok(m) => m,
+        Err(_) => return Outcome::Retry("models unavailable", 30),
+    };
+    match state.db.try_claim(job_id, state.lease).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Finished meanwhile, or another delivery holds a live lease: come back later.
+            return match state.db.get(job_id).await {
+                Ok(Some(j)) if j.state.is_final() => Outcome::Finished("already finished"),
+                Ok(None) => Outcome::Finished("gone"),
+                _ => Outcome::Retry("another delivery is processing this job", 10),
+            };
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "database unavailable");
+            return Outcome::Retry("database", 5);
+        }
+    }
+    publish(state, &job, Stage::Received).await;
+    let Some(segmenter) = models.get(&job.options.model).cloned() else {
+        let msg = format!(
+            "the model {:?} is not available on this worker",
+            job.options.model
+        );
+        return fail(state, &job, "model_unavailable", &msg).await;
+    };
+    let original = match state.storage.get_original(job_id).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::NotFound(_)) => {
+            return fail(
+                state,
+                &job,
+                "original_missing",
+                "the uploaded image is gone",
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "storage unavailable");
+            return retry(state, &job, "storage").await;
+        }
+    };
+    let Ok(_permit) = state.inference.acquire().await else {
+        return retry(state, &job, "shutting down").await;
+    };
+    state.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    publish(state, &job, Stage::Segmenting).await;
+
+    // Stages are heard on the blocking thread and forwarded from here.
+    let (stage_tx, mut stage_rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = output_options(&job.options);
+    let limits = state.limits;
+    let run = tokio::task::spawn_blocking(move || {
+        pipeline::remove_background(&segmenter, &original, &limits, &opts, |stage, took| {
+            let _ = stage_tx.send((stage, took));
+        })
+    });
+    while let Some((stage, took)) = stage_rx.recv().await {
+        tracing::info!(?stage, ms = took.as_millis() as u64, "stage finished");
+        if stage == pipeline::Stage::Segmented {
+            publish(state, &job, Stage::Compositing).await;
+        }
+    }
+    let output = match run.await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) if e.is_permanent() => return fail(state, &job, e.code(), &e.to_string()).await,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "inference failed");
+            return retry(state, &job, "inference").await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "inference panicked");
+            return fail(state, &job, "internal", "the image could not be processed").await;
+        }
+    };
+    let content_type = output.content_type;
+    if let Err(e) = state.storage.put_result(job_id, output.bytes.into()).await {
+        tracing::warn!(error = %e, "cannot store the result");
+        return retry(state, &job, "storage").await;
+    }
+    publish(state, &job, Stage::Stored).await;
+    match state
+        .db
+        .mark_done(job_id, &result_key(job_id), content_type)
+        .await
+    {
+        Ok(true) => {
+            publish(state, &job, Stage::Done).await;
+            tracing::info!("job done");
+            Outcome::Finished("done")
+        }
+        // Deleted (or failed) while we worked: nothing to report to anyone.
+        Ok(false) => {
+            let _ = state.storage.delete_job(job_id).await;
+            Outcome::Finished("gone")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the result");
+            retry(state, &job, "database").await
+        }
+    }
+}
