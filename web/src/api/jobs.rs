@@ -191,7 +191,7 @@ pub struct CreatedJob {
 pub struct UploadForm {
     /// The photo: PNG, JPEG, WebP, GIF, BMP or TIFF.
     pub file: Upload,
-    /// `u2netp`, `u2net` (default) or `isnet`.
+    /// `u2netp` (default), `u2net` or `isnet`.
     pub model: Option<String>,
     /// `png` (default), `webp` or `jpeg`.
     pub format: Option<String>,
@@ -650,7 +650,10 @@ impl JobsApi {
 
 /// What a watcher is told first: the stored state as an event.
 fn state_event(job: &Job) -> JobEvent {
-    let elapsed = elapsed_ms(job.created_at);
+    let elapsed = match job.finished_at {
+        Some(f) => u64::try_from((f - job.created_at).num_milliseconds()).unwrap_or(0),
+        None => elapsed_ms(job.created_at),
+    };
     match job.state {
         JobState::Failed => JobEvent::failed(
             job.error_code.clone().unwrap_or_else(|| "failed".into()),
