@@ -4,7 +4,7 @@
 #   scripts/bench-model.sh [u2netp u2net isnet]   (default: every model present in models/)
 #
 # Needs the models imported (scripts/fetch-models.sh) and `pip install onnxruntime numpy pillow`.
-# Builds the worker in release mode. Each runtime runs in its own process, one after the other,
+# Builds the worker in release mode (PROFILE=dev to reuse the test build). Each runtime runs in its own process, one after the other,
 # so peak memory is per runtime. Prints ms per image and the ratio candle / onnxruntime.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,8 +15,11 @@ threads="${THREADS:-$(nproc)}"
 if [ $# -eq 0 ]; then
   for m in u2netp u2net isnet; do [ -f "models/$m.safetensors" ] && [ -f "models/$m.onnx" ] && set -- "$@" "$m"; done
 fi
-cargo build --quiet --release -p backless-worker --bin worker
-worker="${CARGO_TARGET_DIR:-$root/target}/release/worker"
+# PROFILE=dev reuses the test build (dependencies and the worker are built at opt-level 3 there too).
+profile="${PROFILE:-release}"
+cargo build --quiet --profile "$profile" -p backless-worker --bin worker
+dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+worker="${CARGO_TARGET_DIR:-$root/target}/$dir/worker"
 printf '%-8s %-6s %12s %12s %8s %14s %14s %9s %9s\n' model size "candle ms" "ort ms" ratio "candle pipe" "ort pipe" "candle MB" "ort MB"
 for m in "$@"; do
   c=$(RAYON_NUM_THREADS="$threads" "$worker" bench "$photo" --model "$m" --models-dir models --runs "$runs")
