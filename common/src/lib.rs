@@ -6,6 +6,7 @@ pub mod db;
 pub mod events;
 pub mod limits;
 pub mod shutdown;
+pub mod startup;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;

@@ -15,9 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backless_common::db::Db;
-use backless_common::events::{self, Events};
-use backless_common::storage::Storage;
+use backless_common::startup::Backends;
 use backless_common::tasks::TaskQueue;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::middleware::Tracing;
@@ -25,37 +23,13 @@ use poem::{EndpointExt, Route, Server};
 use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
+pub use backless_common::startup::{Components, StartError};
 pub use config::WebConfig;
 
 use crate::api::health::HealthApi;
 use crate::api::jobs::JobsApi;
 use crate::identity::Signer;
 use crate::lifecycle::Shared;
-
-/// Why the app could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Db(#[from] backless_common::db::DbError),
-    #[error(transparent)]
-    Storage(#[from] backless_common::storage::StorageError),
-    #[error(transparent)]
-    Events(#[from] backless_common::events::EventsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
-/// Components the caller may supply instead of having them built from the config (tests; the dev
-/// runner sharing one in-process event bus between web and an embedded worker).
-#[derive(Debug, Default, Clone)]
-pub struct Components {
-    pub events: Option<Arc<dyn Events>>,
-    pub db: Option<Db>,
-    pub storage: Option<Storage>,
-}
 
 /// A bound, not yet serving, web app.
 pub struct App {
@@ -76,18 +50,11 @@ impl App {
 
     pub async fn build_with(config: WebConfig, components: Components) -> Result<Self, StartError> {
         let c = &config.common;
-        let db = match components.db {
-            Some(db) => db,
-            None => Db::connect(&c.database).await?,
-        };
-        let storage = match components.storage {
-            Some(s) => s,
-            None => Storage::from_config(&c.storage)?,
-        };
-        let events = match components.events {
-            Some(e) => e,
-            None => events::from_config(&c.events)?,
-        };
+        let Backends {
+            db,
+            storage,
+            events,
+        } = components.resolve(c).await?;
         let tasks = Arc::new(TaskQueue::new(c.tasks.clone()));
         if c.tasks.ensure_queue
             && let Err(e) = tasks.ensure_queue().await

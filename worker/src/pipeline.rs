@@ -6,6 +6,7 @@ use std::io::Cursor;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+pub use backless_common::db::OutputFormat;
 use backless_common::limits::{ImageLimits, LimitError};
 use candle_core::Tensor;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
@@ -54,46 +55,6 @@ impl PipelineError {
     /// True when retrying the same input cannot help.
     pub fn is_permanent(&self) -> bool {
         !matches!(self, PipelineError::Model(_))
-    }
-}
-
-/// Output file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    #[default]
-    Png,
-    Webp,
-    Jpeg,
-}
-
-impl OutputFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "png",
-            OutputFormat::Webp => "webp",
-            OutputFormat::Jpeg => "jpg",
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "image/png",
-            OutputFormat::Webp => "image/webp",
-            OutputFormat::Jpeg => "image/jpeg",
-        }
-    }
-}
-
-impl FromStr for OutputFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "png" => Ok(Self::Png),
-            "webp" => Ok(Self::Webp),
-            "jpg" | "jpeg" => Ok(Self::Jpeg),
-            other => Err(format!("unknown format {other:?}; use png, webp or jpeg")),
-        }
     }
 }
 

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backless_common::db::{Db, Job, JobOptions, is_valid_job_id};
-use backless_common::events::{self, Events, JobEvent, Stage};
+use backless_common::events::{Events, JobEvent, Stage};
 use backless_common::limits::ImageLimits;
+use backless_common::startup::Backends;
 use backless_common::storage::{Storage, StorageError, result_key};
 use poem::http::{HeaderMap, StatusCode};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
@@ -29,32 +30,9 @@ use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::model::{Segmenter, default_device};
-use crate::pipeline::{self, Crop, OutputFormat, OutputOptions, Rgb};
+use crate::pipeline::{self, Crop, OutputOptions, Rgb};
 
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Db(#[from] backless_common::db::DbError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Events(#[from] backless_common::events::EventsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
-/// Components the caller may supply instead of having them built from the config (tests; the
-/// dev runner sharing one in-process event bus with web).
-#[derive(Debug, Default, Clone)]
-pub struct Components {
-    pub events: Option<Arc<dyn Events>>,
-    pub db: Option<Db>,
-    pub storage: Option<Storage>,
-}
+pub use backless_common::startup::{Components, StartError};
 
 /// Loaded models by name, or why loading failed.
 type Models = Result<Arc<HashMap<String, Arc<Segmenter>>>, String>;
@@ -109,18 +87,11 @@ impl App {
         components: Components,
     ) -> Result<Self, StartError> {
         let c = &config.common;
-        let db = match components.db {
-            Some(db) => db,
-            None => Db::connect(&c.database).await?,
-        };
-        let storage = match components.storage {
-            Some(s) => s,
-            None => Storage::from_config(&c.storage)?,
-        };
-        let events = match components.events {
-            Some(e) => e,
-            None => events::from_config(&c.events)?,
-        };
+        let Backends {
+            db,
+            storage,
+            events,
+        } = components.resolve(c).await?;
         let (tx, rx) = watch::channel(None);
         let (dir, names) = (config.models_dir.clone(), config.models.clone());
         let loader = tokio::task::spawn_blocking(move || {
@@ -298,13 +269,8 @@ async fn publish(state: &State, job: &Job, stage: Stage) {
 
 /// Options as the pipeline understands them.
 fn output_options(o: &JobOptions) -> OutputOptions {
-    use backless_common::db::OutputFormat as F;
     OutputOptions {
-        format: match o.format {
-            F::Png => OutputFormat::Png,
-            F::Webp => OutputFormat::Webp,
-            F::Jpeg => OutputFormat::Jpeg,
-        },
+        format: o.format,
         mask_only: o.mask_only,
         bg_color: o.bg_color.as_deref().and_then(|c| c.parse::<Rgb>().ok()),
         crop: o.crop.then(Crop::default),

@@ -73,6 +73,13 @@ impl OutputFormat {
     }
 }
 
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s).ok_or_else(|| format!("unknown format {s:?}; use png, webp or jpeg"))
+    }
+}
+
 /// The segmentation networks the worker knows.
 pub const MODELS: &[&str] = &["u2netp", "u2net", "isnet"];
 /// The model used when the client names none.
