@@ -6,6 +6,8 @@ mod cli;
 mod e2e;
 mod golden;
 mod network;
+#[cfg(feature = "dev")]
+mod recovery;
 
 use std::path::PathBuf;
 
