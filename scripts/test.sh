@@ -12,11 +12,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Python packages for the conformance tests (official Cloud Tasks client)"
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 
-step "Default model (U²-NetP), imported by our own importer"
-scripts/fetch-models.sh u2netp
-
 step "Formatting"
 cargo fmt --all --check
+
+step "Build (tests and binaries, one feature set)"
+cargo test --workspace --no-run "$@"
+
+step "Default model (U²-NetP), imported by our own importer"
+WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/fetch-models.sh u2netp
 
 step "Tests"
 cargo test --workspace --no-fail-fast "$@"
