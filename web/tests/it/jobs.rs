@@ -57,10 +57,13 @@ async fn upload_creates_a_queued_job_visible_only_to_its_creator() {
         .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 0);
 
-    // A forged token is no identity.
+    // A forged token is no identity: the same token with its last character changed.
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
+    assert_ne!(forged, token);
     let res = stranger
         .get(app.url(&format!("/v1/jobs/{id}")))
-        .bearer_auth(format!("{}0", &token[..token.len() - 1]))
+        .bearer_auth(forged)
         .send()
         .await
         .unwrap();
