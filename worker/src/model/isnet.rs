@@ -9,8 +9,8 @@ use candle_nn::VarBuilder;
 
 use super::ConvSpec;
 use super::ops::{Conv, upsample_to};
-use super::rsu::{Rsu, StageSpec, rsu, rsu4f};
-use super::u2net::{encode_decode, head};
+use super::rsu::{Rsu, StageSpec, rsu};
+use super::u2net::{U2NetConfig, encode_decode, head};
 
 #[derive(Debug, Clone)]
 pub struct IsNetConfig {
@@ -19,23 +19,13 @@ pub struct IsNetConfig {
 }
 
 impl Default for IsNetConfig {
+    /// U²-Net's full-width stages, but stage 1 takes the 64-channel stem instead of RGB.
     fn default() -> Self {
-        let s = |name, block| StageSpec { name, block };
+        let mut stages = U2NetConfig::full().stages;
+        stages[0].block = rsu(7, 64, 32, 64);
         Self {
             stem_ch: 64,
-            stages: [
-                s("stage1", rsu(7, 64, 32, 64)),
-                s("stage2", rsu(6, 64, 32, 128)),
-                s("stage3", rsu(5, 128, 64, 256)),
-                s("stage4", rsu(4, 256, 128, 512)),
-                s("stage5", rsu4f(512, 256, 512)),
-                s("stage6", rsu4f(512, 256, 512)),
-                s("stage5d", rsu4f(1024, 256, 512)),
-                s("stage4d", rsu(4, 1024, 128, 256)),
-                s("stage3d", rsu(5, 512, 64, 128)),
-                s("stage2d", rsu(6, 256, 32, 64)),
-                s("stage1d", rsu(7, 128, 16, 64)),
-            ],
+            stages,
         }
     }
 }
