@@ -10,3 +10,5 @@ pub mod startup;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

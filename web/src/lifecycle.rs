@@ -39,6 +39,7 @@ pub struct Shared {
     pub poll: Duration,
     watchers: Mutex<HashMap<String, Watch>>,
     pub outbox_wake: Notify,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -61,6 +62,7 @@ impl Shared {
             poll,
             watchers: Mutex::default(),
             outbox_wake: Notify::new(),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
@@ -70,6 +72,10 @@ impl Shared {
         let watch = w.entry(job_id.to_string()).or_default();
         watch.count += 1;
         watch.generation += 1;
+        self.metrics.sse_connections.inc();
+        if watch.count == 1 {
+            self.events.set_watched(job_id, true);
+        }
         WatchGuard {
             shared: Arc::clone(self),
             job_id: job_id.to_string(),
@@ -90,9 +96,10 @@ impl Shared {
         w.get(job_id).filter(|w| w.count == 0).map(|w| w.generation)
     }
 
-    /// Delete a job's files and record now. Live watchers are told it is gone.
+    /// Delete a job's files and record now (`reason` labels the metric: api, grace, sweep). Live
+    /// watchers are told it is gone.
     #[tracing::instrument(skip_all, fields(job_id))]
-    pub async fn delete_job(&self, job_id: &str) -> Result<bool, WebError> {
+    pub async fn delete_job(&self, job_id: &str, reason: &str) -> Result<bool, WebError> {
         self.storage.delete_job(job_id).await?;
         let existed = self.db.delete(job_id).await?;
         self.watchers
@@ -100,7 +107,8 @@ impl Shared {
             .expect("watchers lock")
             .retain(|k, w| k != job_id || w.count > 0);
         if existed {
-            tracing::info!("job deleted");
+            tracing::info!(reason, "job deleted");
+            self.metrics.deletions.with_label_values(&[reason]).inc();
             let _ = self
                 .events
                 .publish(
@@ -149,11 +157,24 @@ impl Shared {
         }
         drop(live);
         tokio::time::sleep(self.grace).await;
-        if still_unwatched(&self)
-            && let Err(e) = self.delete_job(&job_id).await
-        {
+        if !still_unwatched(&self) || self.watched_elsewhere(&job_id).await {
+            return;
+        }
+        if let Err(e) = self.delete_job(&job_id, "grace").await {
             tracing::warn!(error = %e, "reaper could not delete job");
         }
+    }
+
+    /// Whether another replica has watchers of the job. If that cannot be known (Redis down),
+    /// assume it has: the sweeper removes the job after the TTL instead.
+    async fn watched_elsewhere(&self, job_id: &str) -> bool {
+        self.events
+            .watched_elsewhere(job_id)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot check other replicas' watchers; keeping the job");
+                true
+            })
     }
 
     /// Create tasks for queued jobs whose enqueue failed. Stops at the first failure (the queue is
@@ -194,7 +215,10 @@ impl Shared {
         job_id: &str,
         created_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), backless_common::tasks::TasksError> {
-        self.tasks.enqueue_job(job_id).await?;
+        if let Err(e) = self.tasks.enqueue_job(job_id).await {
+            self.metrics.enqueue_errors.inc();
+            return Err(e);
+        }
         if let Err(e) = self.db.mark_enqueued(job_id).await {
             // The task exists; the outbox will retry and get AlreadyExists, which is fine.
             tracing::warn!(error = %e, "cannot mark job enqueued");
@@ -219,10 +243,10 @@ impl Shared {
         };
         let mut n = 0;
         for job in old {
-            if self.watchers(&job.id) > 0 {
+            if self.watchers(&job.id) > 0 || self.watched_elsewhere(&job.id).await {
                 continue;
             }
-            match self.delete_job(&job.id).await {
+            match self.delete_job(&job.id, "sweep").await {
                 Ok(true) => n += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(job_id = %job.id, error = %e, "sweep delete failed"),
@@ -246,6 +270,7 @@ pub struct WatchGuard {
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
+        self.shared.metrics.sse_connections.dec();
         let generation = {
             let mut w = self.shared.watchers.lock().expect("watchers lock");
             let Some(watch) = w.get_mut(&self.job_id) else {
@@ -257,6 +282,7 @@ impl Drop for WatchGuard {
             }
             watch.generation
         };
+        self.shared.events.set_watched(&self.job_id, false);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let shared = Arc::clone(&self.shared);
             let job_id = self.job_id.clone();

@@ -317,6 +317,14 @@ impl Db {
     pub async fn count(&self) -> Result<u64, DbError> {
         Ok(job::Entity::find().count(&self.conn).await?)
     }
+
+    /// How many jobs are in `state` (metrics).
+    pub async fn count_in_state(&self, state: JobState) -> Result<u64, DbError> {
+        Ok(job::Entity::find()
+            .filter(job::Column::State.eq(state))
+            .count(&self.conn)
+            .await?)
+    }
 }
 
 /// The file behind a `sqlite://path?...` URL, if it names one.
@@ -375,9 +383,26 @@ mod tests {
         assert_eq!(sqlite_file_path("postgres://x/y"), None);
     }
 
+    async fn postgres_db(max_connections: u32) -> Db {
+        Db::connect(&DatabaseConfig {
+            url: crate::testing::postgres_database().await,
+            max_connections,
+        })
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn lifecycle_claim_done_and_delete() {
-        let db = memory_db().await;
+        check_lifecycle(memory_db().await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_lifecycle_claim_done_and_delete() {
+        check_lifecycle(postgres_db(2).await).await;
+    }
+
+    async fn check_lifecycle(db: Db) {
         let job = db.insert(new_job("alice")).await.unwrap();
         assert_eq!(job.state, JobState::Queued);
         assert!(!job.enqueued);
@@ -435,7 +460,15 @@ mod tests {
 
     #[tokio::test]
     async fn expired_lease_can_be_reclaimed_and_failed() {
-        let db = memory_db().await;
+        check_expired_lease(memory_db().await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_expired_lease_can_be_reclaimed_and_failed() {
+        check_expired_lease(postgres_db(2).await).await;
+    }
+
+    async fn check_expired_lease(db: Db) {
         let job = db.insert(new_job("alice")).await.unwrap();
         assert!(db.try_claim(&job.id, Duration::ZERO).await.unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -466,6 +499,15 @@ mod tests {
         })
         .await
         .unwrap();
+        check_one_claim_wins(db).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_concurrent_claims_have_one_winner() {
+        check_one_claim_wins(postgres_db(8).await).await;
+    }
+
+    async fn check_one_claim_wins(db: Db) {
         let job = db.insert(new_job("alice")).await.unwrap();
         let mut handles = Vec::new();
         for _ in 0..8 {

@@ -1,8 +1,9 @@
 //! Job progress events: the worker publishes, web fans them out to every SSE connection.
 //!
 //! [`InProcessEvents`] (a tokio broadcast channel per job) is the embedded default: web and an
-//! embedded worker share one `Arc<dyn Events>`. Across processes a Redis relay implements the same
-//! trait.
+//! embedded worker share one `Arc<dyn Events>`. Across processes [`RedisEvents`] relays through
+//! Redis pub/sub and also keeps track of which processes have watchers (presence), so that with
+//! several web replicas the last watcher anywhere decides when a job's files are deleted.
 //!
 //! An event's `seq` is its stage's position in the pipeline, so it is the same whichever process
 //! publishes it and a re-delivered task re-emits the same ids: SSE `Last-Event-ID` works without
@@ -20,6 +21,9 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::config::EventsConfig;
 use crate::db::JobState;
+
+mod redis;
+pub use redis::{RedisEvents, RedisOptions};
 
 /// The pipeline stages a user watches, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -148,13 +152,24 @@ pub trait Events: Send + Sync + std::fmt::Debug + 'static {
     /// Events published for `job_id` from now on. Subscribe *before* reading the job's stored
     /// state so nothing falls between the two.
     async fn subscribe(&self, job_id: &str) -> Result<JobEventStream, EventsError>;
+
+    /// Announce that this process now has (or no longer has) live watchers of `job_id`. A
+    /// single-process bus has nobody to tell.
+    fn set_watched(&self, _job_id: &str, _watched: bool) {}
+
+    /// Whether another process has announced live watchers of `job_id` (and is still alive).
+    async fn watched_elsewhere(&self, _job_id: &str) -> Result<bool, EventsError> {
+        Ok(false)
+    }
 }
 
-/// Open the configured bus.
-pub fn from_config(cfg: &EventsConfig) -> Result<Arc<dyn Events>, EventsError> {
+/// Open the configured bus (connecting to Redis if configured).
+pub async fn from_config(cfg: &EventsConfig) -> Result<Arc<dyn Events>, EventsError> {
     match cfg {
         EventsConfig::InProcess => Ok(Arc::new(InProcessEvents::default())),
-        EventsConfig::Redis { .. } => Err(EventsError::Unsupported("redis")),
+        EventsConfig::Redis { url } => Ok(Arc::new(
+            RedisEvents::connect(url, RedisOptions::default()).await?,
+        )),
     }
 }
 
