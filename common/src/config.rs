@@ -173,6 +173,9 @@ pub struct TasksConfig {
     pub audience: Option<String>,
     /// Create the queue at start-up if it is missing (dev/emulator).
     pub ensure_queue: bool,
+    /// Shared secret web puts on every task (header `X-BackLess-Push-Secret`) and the worker
+    /// requires (`BACKLESS_PUSH_SECRET`): the fallback where OIDC tokens are not available.
+    pub push_secret: Option<String>,
 }
 
 impl TasksConfig {
@@ -293,7 +296,14 @@ impl CommonConfig {
                 "BACKLESS_TASKS_ENSURE_QUEUE",
                 s.get("BACKLESS_TASKS_ENDPOINT").is_some(),
             )?,
+            push_secret: s.get("BACKLESS_PUSH_SECRET").map(str::to_string),
         };
+        if tasks.push_secret.as_ref().is_some_and(|p| p.len() < 16) {
+            return Err(ConfigError::invalid(
+                "BACKLESS_PUSH_SECRET",
+                "must be at least 16 characters",
+            ));
+        }
         for (key, v) in [
             ("BACKLESS_TASKS_PROJECT", &tasks.project),
             ("BACKLESS_TASKS_LOCATION", &tasks.location),

@@ -50,6 +50,9 @@ pub enum Enqueued {
     AlreadyExists,
 }
 
+/// The header carrying `BACKLESS_PUSH_SECRET` on each push.
+pub const PUSH_SECRET_HEADER: &str = "X-BackLess-Push-Secret";
+
 /// The JSON body of every push.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskBody {
@@ -113,10 +116,14 @@ impl TaskQueue {
             job_id: job_id.to_string(),
         })
         .expect("serialising a string");
+        let mut headers = vec![("Content-Type", "application/json".to_string())];
+        if let Some(secret) = &self.cfg.push_secret {
+            headers.push((PUSH_SECRET_HEADER, secret.clone()));
+        }
         let mut http = HttpRequest::new()
             .set_url(self.cfg.task_url())
             .set_http_method(HttpMethod::Post)
-            .set_headers([("Content-Type", "application/json")])
+            .set_headers(headers)
             .set_body(body);
         if let Some(sa) = &self.cfg.service_account {
             let mut token = OidcToken::new().set_service_account_email(sa.clone());

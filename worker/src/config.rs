@@ -19,6 +19,8 @@ pub struct WorkerConfig {
     /// Images processed at once (`BACKLESS_WORKER_CONCURRENCY`; default: one per two cores, at
     /// least one, since each inference already uses every core).
     pub concurrency: usize,
+    /// Who may push (OIDC and/or shared secret); see [`crate::auth`].
+    pub push_auth: crate::auth::PushAuthConfig,
 }
 
 impl WorkerConfig {
@@ -66,6 +68,7 @@ impl WorkerConfig {
             models_dir: PathBuf::from(s.string("BACKLESS_MODELS_DIR", "models")),
             models,
             concurrency: s.parse("BACKLESS_WORKER_CONCURRENCY", (cores / 2).max(1))?,
+            push_auth: crate::auth::PushAuthConfig::from_settings(s)?,
         })
     }
 }

@@ -10,6 +10,10 @@ use backless_emulator::{Emulator, EmulatorConfig};
 
 use crate::config::WorkerConfig;
 
+/// The service account the dev queue's tokens name, and their audience.
+const DEV_SERVICE_ACCOUNT: &str = "backless-dev@dev.iam.gserviceaccount.com";
+const DEV_AUDIENCE: &str = "backless-worker";
+
 /// Start the three services and serve until ctrl-c / SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // The emulator first: web's tasks go there and its dispatches come to the worker.
@@ -24,6 +28,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await?;
 
+    // Pushes carry OIDC tokens signed by the emulator, and the worker verifies them against the
+    // emulator's JWKS: the same path as Cloud Tasks → Cloud Run, on loopback.
+    let settings = settings
+        .with_default("BACKLESS_TASKS_SERVICE_ACCOUNT", DEV_SERVICE_ACCOUNT)
+        .with_default("BACKLESS_TASKS_AUDIENCE", DEV_AUDIENCE)
+        .with_default("BACKLESS_PUSH_OIDC_AUDIENCE", DEV_AUDIENCE)
+        .with_default("BACKLESS_PUSH_OIDC_EMAIL", DEV_SERVICE_ACCOUNT)
+        .with_default("BACKLESS_PUSH_OIDC_ISSUER", emulator.issuer());
     let events: Arc<dyn Events> = Arc::new(InProcessEvents::default());
     let worker_cfg = WorkerConfig::from_settings(&settings)?;
     let worker = crate::server::App::build_with(
