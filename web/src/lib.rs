@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pages;
 pub mod upload;
 
@@ -132,6 +133,10 @@ impl App {
             .at("/openapi.json", spec)
             .at("/healthz", Arc::clone(&api))
             .at("/readyz", Arc::clone(&api))
+            .at(
+                "/metrics",
+                poem::get(metrics_endpoint).data(Arc::clone(&self.shared)),
+            )
             .nest_no_strip("/v1", api)
             .with(Tracing)
     }
@@ -204,4 +209,31 @@ async fn limit_body<E: poem::Endpoint>(
         None => {}
     }
     Ok(ep.call(req).await?.into_response())
+}
+
+/// `GET /metrics`: Prometheus text; jobs by state are read from the database now.
+#[poem::handler]
+async fn metrics_endpoint(shared: poem::web::Data<&Arc<Shared>>) -> poem::Response {
+    use backless_common::db::JobState;
+    for state in [
+        JobState::Queued,
+        JobState::Processing,
+        JobState::Done,
+        JobState::Failed,
+    ] {
+        if let Ok(n) = shared.db.count_in_state(state).await {
+            let label = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            shared
+                .metrics
+                .jobs
+                .with_label_values(&[label.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    poem::Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(shared.metrics.render())
 }

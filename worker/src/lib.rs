@@ -1,10 +1,12 @@
 //! BackLess worker: salient-object segmentation in candle, the image pipeline around it, and
 //! the command line (`worker remove`, `worker model import`).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;

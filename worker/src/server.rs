@@ -28,6 +28,7 @@ use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
+use crate::auth::PushAuth;
 use crate::config::WorkerConfig;
 use crate::model::{Segmenter, default_device};
 use crate::pipeline::{self, Crop, OutputOptions, Rgb};
@@ -48,9 +49,16 @@ pub struct State {
     inference: Semaphore,
     /// Model runs so far (tests check duplicate deliveries do not add one).
     runs: std::sync::atomic::AtomicU64,
+    auth: PushAuth,
+    metrics: crate::metrics::Metrics,
 }
 
 impl State {
+    /// This worker's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     /// Model runs started since start-up.
     pub fn model_runs(&self) -> u64 {
         self.runs.load(std::sync::atomic::Ordering::SeqCst)
@@ -126,7 +134,12 @@ impl App {
             models: rx,
             inference: Semaphore::new(config.concurrency.max(1)),
             runs: Default::default(),
+            auth: PushAuth::new(config.push_auth.clone()),
+            metrics: crate::metrics::Metrics::new(),
         });
+        if !state.auth.config().enabled() && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "push endpoint accepts unauthenticated requests; set BACKLESS_PUSH_OIDC_AUDIENCE or BACKLESS_PUSH_SECRET");
+        }
         Ok(Self {
             acceptor,
             addr,
@@ -152,6 +165,7 @@ impl App {
             .at("/v1/tasks/remove-background", post(remove_background))
             .at("/healthz", poem::get(healthz))
             .at("/readyz", poem::get(readyz))
+            .at("/metrics", poem::get(metrics))
             .data(Arc::clone(&self.state))
             .with(poem::middleware::Tracing);
         tracing::info!(addr = %self.addr, "worker listening");
@@ -190,6 +204,13 @@ async fn readyz(Data(state): Data<&Arc<State>>) -> Response {
     }
 }
 
+#[handler]
+fn metrics(Data(state): Data<&Arc<State>>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
 #[derive(Debug, Deserialize)]
 struct TaskBody {
     job_id: String,
@@ -201,6 +222,19 @@ enum Outcome {
     Finished(&'static str),
     /// Worth retrying: 503 with Retry-After seconds.
     Retry(&'static str, u64),
+    /// Not from the queue: 401.
+    Unauthenticated,
+}
+
+impl Outcome {
+    /// The `outcome` label in `backless_worker_pushes_total`.
+    fn label(&self) -> String {
+        match self {
+            Outcome::Finished(what) => what.replace(' ', "_"),
+            Outcome::Retry(..) => "retry".into(),
+            Outcome::Unauthenticated => "unauthenticated".into(),
+        }
+    }
 }
 
 impl IntoResponse for Outcome {
@@ -212,6 +246,11 @@ impl IntoResponse for Outcome {
                 .header("Retry-After", after.to_string())
                 .content_type("application/json")
                 .body(serde_json::json!({ "status": "retry", "reason": why }).to_string()),
+            Outcome::Unauthenticated => Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("WWW-Authenticate", "Bearer")
+                .content_type("application/json")
+                .body(r#"{"status":"unauthenticated"}"#),
         }
     }
 }
@@ -235,7 +274,11 @@ async fn remove_background(
         task = %header("x-cloudtasks-taskname"),
         retry = %header("x-cloudtasks-taskretrycount"),
     );
-    async move {
+    let outcome = async move {
+        if let Err(e) = state.auth.check(headers).await {
+            tracing::warn!(reason = %e, "push refused");
+            return Outcome::Unauthenticated;
+        }
         // The body is trusted for nothing but the job id.
         let bytes = body.into_bytes_limit(4096).await.unwrap_or_default();
         let Ok(TaskBody { job_id }) = serde_json::from_slice::<TaskBody>(&bytes) else {
@@ -250,7 +293,13 @@ async fn remove_background(
         process(state, &job_id).await
     }
     .instrument(span)
-    .await
+    .await;
+    state
+        .metrics
+        .pushes
+        .with_label_values(&[outcome.label().as_str()])
+        .inc();
+    outcome
 }
 
 fn elapsed_ms(job: &Job) -> u64 {
@@ -365,6 +414,7 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
         return retry(state, &job, "shutting down").await;
     };
     state.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state.metrics.model_runs.inc();
     publish(state, &job, Stage::Segmenting).await;
 
     // Stages are heard on the blocking thread and forwarded from here.
@@ -378,6 +428,19 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
     });
     while let Some((stage, took)) = stage_rx.recv().await {
         tracing::info!(?stage, ms = took.as_millis() as u64, "stage finished");
+        let name = format!("{stage:?}").to_lowercase();
+        state
+            .metrics
+            .stage_seconds
+            .with_label_values(&[name.as_str()])
+            .observe(took.as_secs_f64());
+        if stage == pipeline::Stage::Segmented {
+            state
+                .metrics
+                .inference_seconds
+                .with_label_values(&[job.options.model.as_str()])
+                .observe(took.as_secs_f64());
+        }
         if stage == pipeline::Stage::Segmented {
             publish(state, &job, Stage::Compositing).await;
         }

@@ -417,6 +417,7 @@ impl JobsApi {
             height = checked.height,
             "job created"
         );
+        shared.metrics.jobs_created.inc();
         let _ = shared
             .events
             .publish(&id, JobEvent::new(Stage::Uploaded, 0))
@@ -492,7 +493,7 @@ impl JobsApi {
     #[tracing::instrument(skip_all, fields(job_id = %id.0))]
     async fn delete(&self, req: &Request, id: Path<String>) -> ApiResult<DeleteResponse> {
         let (_, job) = self.owned(req, &id).await?;
-        self.shared.delete_job(&job.id).await?;
+        self.shared.delete_job(&job.id, "api").await?;
         Ok(DeleteResponse::Deleted)
     }
 

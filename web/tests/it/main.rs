@@ -5,5 +5,6 @@
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod queue;
 mod sse;

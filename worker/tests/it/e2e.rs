@@ -101,7 +101,7 @@ async fn upload(client: &reqwest::Client, stack: &Stack, bytes: Vec<u8>) -> reqw
 }
 
 /// Follow the job's SSE stream until it ends; returns the stages seen, in order.
-async fn follow(client: &reqwest::Client, url: &str, token: &str) -> Vec<String> {
+pub(crate) async fn follow(client: &reqwest::Client, url: &str, token: &str) -> Vec<String> {
     let resp = client.get(url).bearer_auth(token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut stages = Vec::new();
@@ -121,7 +121,7 @@ async fn follow(client: &reqwest::Client, url: &str, token: &str) -> Vec<String>
     stages
 }
 
-async fn files_left(dir: &std::path::Path) -> usize {
+pub(crate) async fn files_left(dir: &std::path::Path) -> usize {
     walkdir_count(&dir.join("objects"))
 }
 

@@ -7,7 +7,13 @@ mod e2e;
 mod golden;
 mod network;
 #[cfg(feature = "dev")]
+mod push_auth;
+#[cfg(feature = "dev")]
 mod recovery;
+#[cfg(feature = "dev")]
+mod replicas;
+#[cfg(feature = "dev")]
+mod retry;
 
 use std::path::PathBuf;
 
