@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run every BackLess test on a fresh machine: install what the tests need, fetch the default
-# model, then `cargo test` over the whole workspace. `.ci/run` calls exactly this.
+# Run every BackLess test on a fresh machine: install what the tests need (PostgreSQL, Redis and
+# Chromium from Debian's packages, the official Cloud Tasks Python client from pip), fetch the
+# default model, then `cargo test` over the whole workspace and the browser tests in Chromium.
+# `.ci/run` calls exactly this.
 #
 #   scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -11,6 +13,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "Python packages for the conformance tests (official Cloud Tasks client)"
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+
+step "PostgreSQL and Redis (real servers for the production-backend tests)"
+eval "$(scripts/test-services.sh)"
 
 step "Formatting"
 cargo fmt --all --check
@@ -23,3 +28,6 @@ WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/fetch-models
 
 step "Tests"
 cargo test --workspace --no-fail-fast "$@"
+
+step "Browser tests (Debian Chromium, playwright-core)"
+BACKLESS_WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/test-browser.sh

@@ -1,0 +1,69 @@
+# syntax=docker/dockerfile:1.7
+# BackLess container images, one Dockerfile, three targets:
+#
+#   docker build --target web      -t backless-web .
+#   docker build --target worker   -t backless-worker --build-arg MODEL=u2netp .
+#   docker build --target emulator -t backless-emulator .
+#
+# The worker image bakes its model in at build time (fetched by scripts/fetch-models.sh with pip,
+# imported by our own importer), so a cold start reads it from the image and downloads nothing.
+# Every runtime image runs as an unprivileged user on debian:bookworm-slim and logs JSON.
+
+ARG RUST_VERSION=1.95
+ARG MODEL=u2netp
+# Object-store backends compiled in beyond file:// and memory:// (empty for neither).
+ARG STORAGE_FEATURES="backless-common/s3 backless-common/gcs"
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+ARG STORAGE_FEATURES
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# web and the emulator; the worker without the embedded dev stack (`worker dev`).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p backless-web -p backless-emulator --features "${STORAGE_FEATURES}" \
+ && cargo build --release --locked -p backless-worker --no-default-features --features "${STORAGE_FEATURES}" \
+ && mkdir -p /out \
+ && cp target/release/web target/release/worker target/release/backless-emulator /out/
+
+FROM build AS model
+ARG MODEL
+RUN WORKER_BIN=/out/worker BACKLESS_CACHE=/tmp/cache scripts/fetch-models.sh "${MODEL}" \
+ && mkdir -p /models \
+ && cp "models/${MODEL}.safetensors" "models/${MODEL}.json" /models/
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /app --create-home backless \
+ && mkdir -p /data && chown backless /data
+WORKDIR /app
+ENV RUST_LOG=info \
+    BACKLESS_LOG_FORMAT=json
+USER 10001
+
+FROM runtime AS web
+COPY --from=build /out/web /usr/local/bin/web
+# Cloud Run sends traffic to port 8080 unless told otherwise.
+ENV BACKLESS_WEB_ADDR=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["web"]
+
+FROM runtime AS worker
+ARG MODEL
+COPY --from=build /out/worker /usr/local/bin/worker
+COPY --from=model /models /app/models
+ENV BACKLESS_WORKER_ADDR=0.0.0.0:8080 \
+    BACKLESS_MODELS=${MODEL} \
+    BACKLESS_MODELS_DIR=/app/models
+EXPOSE 8080
+ENTRYPOINT ["worker", "serve"]
+
+FROM runtime AS emulator
+COPY --from=build /out/backless-emulator /usr/local/bin/backless-emulator
+EXPOSE 8123
+ENTRYPOINT ["backless-emulator", "-host", "0.0.0.0", "-port", "8123"]
