@@ -56,7 +56,7 @@ impl Components {
         };
         let events = match self.events {
             Some(e) => e,
-            None => events::from_config(&config.events)?,
+            None => events::from_config(&config.events).await?,
         };
         Ok(Backends {
             db,
