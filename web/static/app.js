@@ -13,9 +13,9 @@ const MAX_AT_ONCE = 4;
 
 /** Hints added to failure messages, by error code. */
 const HINTS = {
-  corrupt_image: 'The file looks damaged or incomplete. Export the photo again, or choose another one.',
+  corrupt_image: 'Export the photo again, or choose another one.',
   not_an_image: 'Choose a PNG, JPEG, WebP, GIF, BMP or TIFF file.',
-  model_unavailable: 'Choose another photo, then another model under Options.',
+  model_unavailable: 'Process another photo and pick another model under Options.',
   image_too_large: 'Resize the photo and try again.',
   too_many_pixels: 'Resize the photo and try again.',
   image_side_too_large: 'Resize the photo and try again.',
@@ -69,6 +69,7 @@ function chosenOptions() {
 function updateTitle() {
   const live = state.jobs.filter((j) => j.view === 'waiting').length;
   document.title = (live ? `(${live} working) ` : '') + 'BackLess — remove the background from a photo';
+  offerNotifications();
 }
 
 function notify(title, body, tag) {
@@ -107,7 +108,6 @@ class Job {
     preview.alt = `${displayName}, being processed`;
     this.q('.cancel').addEventListener('click', () => this.cancel());
     this.q('.retry').addEventListener('click', () => this.retry());
-    this.q('.choose').addEventListener('click', () => startOver());
     const slider = this.q('.slider');
     slider.setAttribute('aria-label', `Compare ${displayName} before and after: share of the original shown`);
     slider.addEventListener('input', () => this.q('.compare').style.setProperty('--pos', slider.value + '%'));
@@ -179,6 +179,12 @@ class Job {
         res = await fetch('/v1/jobs', { method: 'POST', body: fd, credentials: 'same-origin' });
       } catch (_) {
         return this.fail('network', 'Could not reach the server. Check your connection and try again.');
+      }
+      if (res.ok && this.closed) {
+        // Cancelled while uploading: nobody will watch this job, so delete it now.
+        const { job } = await res.json();
+        fetch('/v1/jobs/' + job.id, { method: 'DELETE', credentials: 'same-origin' }).catch(() => {});
+        return;
       }
       if (this.closed) return;
       if (res.ok) {
@@ -421,9 +427,10 @@ async function accept(files, named) {
   for (const job of state.jobs.slice()) await job.upload();
 }
 
+/** Offer notifications while something is still working and the browser has not been asked. */
 function offerNotifications() {
   const can = 'Notification' in window && Notification.permission === 'default';
-  $('notify-offer').hidden = !can;
+  $('notify-offer').hidden = !can || !state.jobs.some((j) => j.view === 'waiting');
 }
 
 /** Options that cannot apply together are disabled, and say so. */
