@@ -157,6 +157,39 @@ describe('the BackLess page', () => {
     assert.ok(took >= GRACE_S - 0.5, `deleted after the grace window, not before (${took} s)`);
   });
 
+  test('the options reach the worker: JPEG on a chosen colour, cropped to the subject', async () => {
+    const { page, problems } = await openPage();
+    await page.getByLabel('Output format').selectOption('jpeg');
+    // JPEG has no transparency: the page switches to a solid colour and says so.
+    assert.equal(await page.getByLabel('Transparent').isDisabled(), true);
+    assert.equal(await page.getByLabel('Solid colour').isChecked(), true);
+    await page.getByLabel('Colour', { exact: true }).fill('#00ff00');
+    await page.getByLabel('Crop to the subject').check();
+    await page.getByLabel(/Choose photos/).setInputFiles(ASTRONAUT);
+    const card = page.locator('.job').first();
+    await card.locator('.job-result').waitFor({ state: 'visible', timeout: 60000 });
+    const job = await apiJob(await card.getAttribute('data-job-id'));
+    assert.deepEqual(job.options, { model: 'u2netp', format: 'jpeg', mask_only: false, bg_color: '#00ff00', crop: true });
+    // Cropped: shown side by side with the original; the corners of the result are the colour.
+    assert.equal(await card.locator('.compare').getAttribute('class'), 'compare side');
+    const [w, h, corner] = await page.$eval('.after', (img) => {
+      const c = document.createElement('canvas');
+      c.width = img.naturalWidth; c.height = img.naturalHeight;
+      const ctx = c.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      return [c.width, c.height, Array.from(ctx.getImageData(0, 0, 1, 1).data)];
+    });
+    assert.ok(w < 256 || h < 256, `cropped (${w}x${h})`);
+    assert.ok(corner[0] < 60 && corner[1] > 200 && corner[2] < 60, `green background (${corner})`);
+    const [download] = await Promise.all([page.waitForEvent('download'), card.locator('.download').click()]);
+    assert.equal(download.suggestedFilename(), 'astronaut-nobg.jpg');
+    const bytes = fs.readFileSync(await download.path());
+    assert.deepEqual([...bytes.subarray(0, 3)], [0xff, 0xd8, 0xff], 'a JPEG');
+    await shot(page, 'result-cropped');
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
   test('a file that is not an image is refused on the page with a clear message', async () => {
     const { page, problems } = await openPage();
     await page.getByLabel(/Choose photos/).setInputFiles({
