@@ -215,6 +215,37 @@ describe('the BackLess page', () => {
     await page.close();
   });
 
+  test('photos can be dropped or pasted as well as picked, and the picker is reachable by keyboard', async () => {
+    const { page, problems } = await openPage();
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'file', 'the file picker comes next');
+
+    const files = (list) => page.evaluateHandle((list) => {
+      const dt = new DataTransfer();
+      for (const [name, b64] of list) dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name));
+      return dt;
+    }, list);
+    // Dropping a non-image on the drop zone: checked like a picked file.
+    const dropped = await files([['dropped.txt', Buffer.from('not a photo').toString('base64')]]);
+    await page.dispatchEvent('#drop', 'dragenter', { dataTransfer: dropped });
+    assert.match(await page.getAttribute('#drop', 'class'), /\bover\b/, 'the drop zone lights up');
+    await page.dispatchEvent('#drop', 'drop', { dataTransfer: dropped });
+    await page.waitForFunction(() => /dropped\.txt is not an image/.test(document.querySelector('#upload-error').textContent));
+    assert.doesNotMatch(await page.getAttribute('#drop', 'class'), /\bover\b/);
+
+    // Pasting a bitmap (browsers call it image.png) starts a job named for what it is.
+    const pasted = await files([['image.png', fs.readFileSync(ASTRONAUT).toString('base64')]]);
+    await page.evaluate((dt) => document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true })), pasted);
+    const card = page.locator('.job').first();
+    await card.locator('.job-result').waitFor({ state: 'visible', timeout: 60000 });
+    assert.equal(await card.locator('.job-name').textContent(), 'pasted-image');
+    assert.equal(await card.locator('.download').getAttribute('download'), 'pasted-image-nobg.png');
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
   test('a photo the worker cannot decode ends with the reason and a retry button', async () => {
     const { page, problems } = await openPage();
     // A valid header (web accepts it: 256x256) but the pixel data stops half-way: only the worker,
