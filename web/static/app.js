@@ -90,9 +90,9 @@ class Job {
     this.job = null;
     this.source = null;
     this.view = 'waiting';
-    this.seen = new Set();
     this.stage = null;
-    this.t0 = Date.now();   // local clock aligned with the server's elapsed_ms
+    this.t0 = Date.now();   // when the upload began, kept in step with the server's elapsed_ms
+    this.uploadMs = 0;      // how long the upload took (the server's clock starts after it)
     this.timer = null;
     this.beforeUrl = URL.createObjectURL(file);
     this.afterUrl = null;
@@ -141,14 +141,16 @@ class Job {
     const idx = STAGES.indexOf(stage);
     if (idx < 0) return;
     if (typeof elapsedMs === 'number') {
-      this.t0 = Date.now() - elapsedMs;
-      if (!this.seen.has(stage)) {
-        const li = this.q(`[data-stage="${stage}"]`);
-        li.querySelector('.stage-time').textContent = (elapsedMs / 1000).toFixed(1) + ' s';
+      // The server counts from the job's creation, i.e. the end of the upload; the page counts
+      // from when the upload began.
+      const ms = elapsedMs + this.uploadMs;
+      this.t0 = Date.now() - ms;
+      const li = this.q(`[data-stage="${stage}"]`);
+      if (li.dataset.seen !== 'true') {
+        li.querySelector('.stage-time').textContent = (ms / 1000).toFixed(1) + ' s';
         li.dataset.seen = 'true';
       }
     }
-    this.seen.add(stage);
     if (this.stage && STAGES.indexOf(this.stage) > idx) return;
     this.stage = stage;
     for (const li of this.q('.stages').children) {
@@ -166,6 +168,7 @@ class Job {
     this.setView('waiting');
     this.t0 = Date.now();
     this.startTimer();
+    this.mark('uploaded'); // shown as under way until the server has it
     this.announce(`${this.displayName}: uploading`);
     const fd = new FormData();
     fd.append('file', this.file, this.file.name || 'pasted.png');
@@ -190,6 +193,7 @@ class Job {
       if (res.ok) {
         this.job = (await res.json()).job;
         this.el.dataset.jobId = this.job.id;
+        this.uploadMs = Date.now() - this.t0;
         this.mark('uploaded', 0);
         this.listen();
         return;
@@ -324,7 +328,7 @@ class Job {
 
   fail(code, message, elapsedMs) {
     this.stopTimer();
-    if (typeof elapsedMs === 'number') this.t0 = Date.now() - elapsedMs;
+    if (typeof elapsedMs === 'number') this.t0 = Date.now() - elapsedMs - this.uploadMs;
     const lines = [sentence(message)];
     if (HINTS[code]) lines.push(HINTS[code]);
     const p = this.q('.failure');
@@ -337,7 +341,7 @@ class Job {
   /** Start this photo again as a new job (with the options now chosen); the old one is deleted. */
   async retry() {
     const old = this.job;
-    this.close();
+    this.dispose();
     if (old) fetch('/v1/jobs/' + old.id, { method: 'DELETE', credentials: 'same-origin' }).catch(() => {});
     const again = new Job(this.file, this.options, this.displayName);
     const i = state.jobs.indexOf(this);
