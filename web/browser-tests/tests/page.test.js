@@ -285,6 +285,22 @@ describe('the BackLess page', () => {
     await page.close();
   });
 
+  test('cancelling a waiting photo deletes it at once', async () => {
+    const { page, problems } = await openPage();
+    await stack.pauseQueue();
+    await page.getByLabel(/Choose photos/).setInputFiles(ASTRONAUT);
+    const card = page.locator('.job').first();
+    await card.locator('[data-stage="queued"].active').waitFor();
+    const id = await card.getAttribute('data-job-id');
+    assert.equal(stack.storedFiles(id).length, 1, 'the original is stored');
+    await page.getByRole('button', { name: 'Cancel and delete' }).click();
+    await page.locator('#upload-view').waitFor({ state: 'visible' });
+    assert.equal(await apiJob(id), 404);
+    assert.deepEqual(stack.storedFiles(id), []);
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
   test('an upload the server refuses shows its message on the card', async () => {
     const { page, problems } = await openPage();
     // PNG signature and a cut IHDR: nothing for the page to measure, so the server decides.
