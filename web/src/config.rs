@@ -24,6 +24,9 @@ pub struct WebConfig {
     pub outbox_interval: Duration,
     /// How often unwatched jobs older than the TTL are swept.
     pub sweep_interval: Duration,
+    /// Models the workers load (`BACKLESS_MODELS`, the worker's own setting): the page offers
+    /// only these. Unknown names are ignored here; the worker refuses to start with them.
+    pub models: Vec<String>,
     /// Run the outbox and sweeper loops (off only in tests that drive them by hand).
     pub background_loops: bool,
 }
@@ -67,6 +70,13 @@ impl WebConfig {
             sse_poll: s.duration("BACKLESS_SSE_POLL", Duration::from_secs(2))?,
             outbox_interval: s.duration("BACKLESS_OUTBOX_INTERVAL", Duration::from_secs(5))?,
             sweep_interval: s.duration("BACKLESS_SWEEP_INTERVAL", Duration::from_secs(60))?,
+            models: s
+                .string("BACKLESS_MODELS", "u2netp")
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect(),
             background_loops: true,
         })
     }
@@ -81,15 +91,18 @@ mod tests {
         let c = WebConfig::from_pairs(Vec::<(String, String)>::new()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert!(c.cookie_secret.is_none());
+        assert_eq!(c.models, ["u2netp"]);
         let c = WebConfig::from_pairs([
             ("BACKLESS_WEB_ADDR", "0.0.0.0:9999"),
             ("BACKLESS_COOKIE_SECRET", "0123456789abcdef0123456789abcdef"),
             ("BACKLESS_SSE_KEEP_ALIVE", "1s"),
+            ("BACKLESS_MODELS", "u2netp, isnet"),
         ])
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.cookie_secret.as_deref().map(<[u8]>::len), Some(32));
         assert_eq!(c.sse_keep_alive, Duration::from_secs(1));
+        assert_eq!(c.models, ["u2netp", "isnet"]);
         assert!(WebConfig::from_pairs([("BACKLESS_COOKIE_SECRET", "short")]).is_err());
     }
 }

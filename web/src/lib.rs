@@ -27,6 +27,7 @@ use tracing::Instrument;
 pub use backless_common::startup::{Components, StartError};
 pub use config::WebConfig;
 
+use crate::api::config::ConfigApi;
 use crate::api::health::HealthApi;
 use crate::api::jobs::JobsApi;
 use crate::identity::Signer;
@@ -113,6 +114,12 @@ impl App {
                     limits: c.common.limits,
                     max_live_per_client: c.common.jobs.max_live_per_client,
                     keep_alive: c.sse_keep_alive,
+                },
+                ConfigApi {
+                    limits: c.common.limits,
+                    models: c.models.clone(),
+                    max_live_per_client: c.common.jobs.max_live_per_client,
+                    grace: c.common.jobs.grace,
                 },
                 HealthApi {
                     shared: Arc::clone(&self.shared),

@@ -32,6 +32,16 @@ impl Sniffed {
     }
 }
 
+/// Every accepted type, as [`Sniffed::content_type`] names it.
+pub const ACCEPTED_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+];
+
 /// Identify the format from magic numbers.
 pub fn sniff(data: &[u8]) -> Option<Sniffed> {
     if data.starts_with(b"\x89PNG\r\n\x1a\n") {
@@ -129,6 +139,13 @@ mod tests {
         assert_eq!(sniff(b"GIF89a...."), Some(Sniffed::Gif));
         assert_eq!(sniff(b"II*\0...."), Some(Sniffed::Tiff));
         assert_eq!(sniff(b"<html>hello</html>"), None);
+    }
+
+    #[test]
+    fn accepted_types_are_the_sniffed_ones() {
+        use Sniffed::*;
+        let sniffed = [Png, Jpeg, Webp, Gif, Bmp, Tiff].map(Sniffed::content_type);
+        assert_eq!(ACCEPTED_TYPES, sniffed);
     }
 
     #[test]

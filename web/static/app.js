@@ -1,176 +1,524 @@
-// BackLess page: upload, live progress over server-sent events, result.
-'use strict';
+// BackLess page: pick, drop or paste photos; each becomes a job whose stages arrive live over
+// server-sent events; the result is shown over a checkerboard with a before/after slider.
+//
+// A job's files live on the server while this page holds its event stream open (`?hold=true`);
+// closing the page (or starting over) closes the stream and the server deletes the job after its
+// grace window (web/src/lifecycle.rs).
+import { DEFAULT_LIMITS, checkFile, formatBytes, formatMegapixels } from './checks.js';
 
-(function () {
-  const $ = (id) => document.getElementById(id);
-  const views = { upload: $('upload-view'), wait: $('wait-view'), result: $('result-view') };
-  const STAGES = ['uploaded', 'queued', 'received', 'segmenting', 'compositing', 'stored', 'done'];
+const $ = (id) => document.getElementById(id);
+const STAGES = ['uploaded', 'queued', 'received', 'segmenting', 'compositing', 'stored', 'done'];
+/** Chrome allows six HTTP/1.1 connections per host; each job holds one for its event stream. */
+const MAX_AT_ONCE = 4;
 
-  let current = null;      // { job, source, timer, beforeUrl, afterUrl }
+/** Hints added to failure messages, by error code. */
+const HINTS = {
+  corrupt_image: 'Export the photo again, or choose another one.',
+  not_an_image: 'Choose a PNG, JPEG, WebP, GIF, BMP or TIFF file.',
+  model_unavailable: 'Process another photo and pick another model under Options.',
+  image_too_large: 'Resize the photo and try again.',
+  too_many_pixels: 'Resize the photo and try again.',
+  image_side_too_large: 'Resize the photo and try again.',
+  deleted: 'Upload it again to start over.',
+};
 
-  function show(name) {
-    for (const [k, el] of Object.entries(views)) el.hidden = k !== name;
-    const heading = views[name].querySelector('h2');
-    if (heading) { heading.tabIndex = -1; heading.focus(); }
+const state = {
+  limits: { ...DEFAULT_LIMITS },
+  graceSeconds: 30,
+  jobs: [],
+};
+
+/** "the image is damaged" -> "The image is damaged." */
+function sentence(msg) {
+  const s = String(msg || '').trim();
+  if (!s) return '';
+  const t = s[0].toUpperCase() + s.slice(1);
+  return /[.!?]$/.test(t) ? t : t + '.';
+}
+
+function showView(name) {
+  $('upload-view').hidden = name !== 'upload';
+  $('jobs-view').hidden = name !== 'jobs';
+  document.body.dataset.view = name;
+}
+
+function setMessage(el, lines) {
+  el.replaceChildren();
+  const list = [].concat(lines).filter(Boolean);
+  for (const line of list) {
+    const p = document.createElement('p');
+    p.textContent = line;
+    el.append(p);
+  }
+  el.hidden = list.length === 0;
+}
+
+/** The processing options chosen on the page, as form fields. */
+function chosenOptions() {
+  const format = $('opt-format').value;
+  const solid = $('opt-solid').checked || format === 'jpeg';
+  return {
+    model: $('opt-model').value,
+    format,
+    mask_only: $('opt-mask').checked,
+    crop: $('opt-crop').checked,
+    bg_color: solid && !$('opt-mask').checked ? $('opt-color').value : null,
+  };
+}
+
+function updateTitle() {
+  const live = state.jobs.filter((j) => j.view === 'waiting').length;
+  document.title = (live ? `(${live} working) ` : '') + 'BackLess — remove the background from a photo';
+  offerNotifications();
+}
+
+function notify(title, body, tag) {
+  if (!('Notification' in window) || Notification.permission !== 'granted') return;
+  if (document.visibilityState !== 'hidden') return;
+  try {
+    const n = new Notification(title, { body, tag, icon: '/static/favicon.svg' });
+    n.onclick = () => { window.focus(); n.close(); };
+  } catch (_) { /* some platforms only allow notifications from a service worker */ }
+}
+
+/** One photo on its way: upload, live stages, then the result or the failure. */
+class Job {
+  constructor(file, options, displayName) {
+    this.file = file;
+    this.options = options;
+    this.displayName = displayName;
+    this.job = null;
+    this.source = null;
+    this.view = 'waiting';
+    this.stage = null;
+    this.t0 = Date.now();   // when the upload began, kept in step with the server's elapsed_ms
+    this.uploadMs = 0;      // how long the upload took (the server's clock starts after it)
+    this.timer = null;
+    this.beforeUrl = URL.createObjectURL(file);
+    this.afterUrl = null;
+    this.recovering = false;
+    this.closed = false;
+
+    const node = $('job-template').content.firstElementChild.cloneNode(true);
+    this.el = node;
+    this.q = (sel) => node.querySelector(sel);
+    this.q('.job-name').textContent = displayName;
+    const preview = this.q('.preview');
+    preview.src = this.beforeUrl;
+    preview.alt = `${displayName}, being processed`;
+    this.q('.cancel').addEventListener('click', () => this.cancel());
+    this.q('.retry').addEventListener('click', () => this.retry());
+    const slider = this.q('.slider');
+    slider.setAttribute('aria-label', `Compare ${displayName} before and after: share of the original shown`);
+    slider.addEventListener('input', () => this.q('.compare').style.setProperty('--pos', slider.value + '%'));
   }
 
-  function showError(el, msg) {
-    el.textContent = msg;
-    el.hidden = !msg;
+  setView(view) {
+    this.view = view;
+    this.el.dataset.view = view;
+    this.q('.job-waiting').hidden = view !== 'waiting';
+    this.q('.job-failed').hidden = view !== 'failed';
+    this.q('.job-result').hidden = view !== 'result';
+    updateTitle();
   }
 
-  function reset() {
-    if (current) {
-      if (current.source) current.source.close();
-      clearInterval(current.timer);
-      if (current.beforeUrl) URL.revokeObjectURL(current.beforeUrl);
-      if (current.afterUrl) URL.revokeObjectURL(current.afterUrl);
-    }
-    current = null;
-    $('file').value = '';
-    for (const li of $('stages').children) li.className = '';
-    showError($('wait-error'), '');
-    showError($('upload-error'), '');
-    show('upload');
+  announce(text) { this.q('.status').textContent = text; }
+
+  tick() {
+    this.q('.elapsed-value').textContent = ((Date.now() - this.t0) / 1000).toFixed(1);
   }
 
-  function options(fd) {
-    fd.append('model', $('opt-model').value);
-    fd.append('format', $('opt-format').value);
-    fd.append('mask_only', $('opt-mask').checked ? 'true' : 'false');
-    fd.append('crop', $('opt-crop').checked ? 'true' : 'false');
-    if ($('opt-fill').checked) fd.append('bg_color', $('opt-color').value);
+  startTimer() {
+    clearInterval(this.timer);
+    this.timer = setInterval(() => this.tick(), 100);
+    this.tick();
   }
 
-  async function upload(file) {
-    showError($('upload-error'), '');
-    if (!file) return;
-    const fd = new FormData();
-    fd.append('file', file, file.name || 'pasted.png');
-    options(fd);
-    document.body.classList.add('busy');
-    let res;
-    try {
-      res = await fetch('/v1/jobs', { method: 'POST', body: fd, credentials: 'same-origin' });
-    } catch (e) {
-      showError($('upload-error'), 'Could not reach the server. Check your connection and try again.');
-      return;
-    } finally {
-      document.body.classList.remove('busy');
-    }
-    if (!res.ok) {
-      let msg = 'Upload failed (' + res.status + ').';
-      try { const body = await res.json(); if (body && body.message) msg = body.message; } catch (_) { /* not JSON */ }
-      showError($('upload-error'), msg);
-      return;
-    }
-    const created = await res.json();
-    watch(created.job, file);
-  }
+  stopTimer() { clearInterval(this.timer); this.timer = null; this.tick(); }
 
-  function markStage(stage) {
+  /** Show `stage` as current; earlier stages as done. Stages never go backwards. */
+  mark(stage, elapsedMs) {
     const idx = STAGES.indexOf(stage);
-    for (const li of $('stages').children) {
+    if (idx < 0) return;
+    if (typeof elapsedMs === 'number') {
+      // The server counts from the job's creation, i.e. the end of the upload; the page counts
+      // from when the upload began.
+      const ms = elapsedMs + this.uploadMs;
+      this.t0 = Date.now() - ms;
+      const li = this.q(`[data-stage="${stage}"]`);
+      if (li.dataset.seen !== 'true') {
+        li.querySelector('.stage-time').textContent = (ms / 1000).toFixed(1) + ' s';
+        li.dataset.seen = 'true';
+      }
+    }
+    if (this.stage && STAGES.indexOf(this.stage) > idx) return;
+    this.stage = stage;
+    for (const li of this.q('.stages').children) {
       const i = STAGES.indexOf(li.dataset.stage);
-      li.className = i < idx ? 'done' : i === idx ? (stage === 'done' ? 'done' : 'active') : '';
+      const done = i < idx || stage === 'done';
+      li.classList.toggle('done', done);
+      li.classList.toggle('active', i === idx && !done);
       if (i === idx) li.setAttribute('aria-current', 'step'); else li.removeAttribute('aria-current');
     }
+    const label = this.q(`[data-stage="${stage}"] .stage-label`).textContent;
+    this.announce(`${this.displayName}: ${label}`);
   }
 
-  function watch(job, file) {
-    const started = Date.now();
-    current = { job, source: null, timer: null, beforeUrl: URL.createObjectURL(file), afterUrl: null };
-    $('wait-name').textContent = job.name;
-    $('wait-preview').src = current.beforeUrl;
-    markStage('uploaded');
-    show('wait');
-    current.timer = setInterval(() => {
-      $('elapsed').textContent = ((Date.now() - started) / 1000).toFixed(1);
-    }, 100);
+  async upload() {
+    this.setView('waiting');
+    this.t0 = Date.now();
+    this.startTimer();
+    this.mark('uploaded'); // shown as under way until the server has it
+    this.announce(`${this.displayName}: uploading`);
+    const fd = new FormData();
+    fd.append('file', this.file, this.file.name || 'pasted.png');
+    for (const [k, v] of Object.entries(this.options)) {
+      if (v !== null && v !== undefined) fd.append(k, String(v));
+    }
+    fd.append('name', this.displayName);
+    for (let attempt = 0; ; attempt++) {
+      let res;
+      try {
+        res = await fetch('/v1/jobs', { method: 'POST', body: fd, credentials: 'same-origin' });
+      } catch (_) {
+        return this.fail('network', 'Could not reach the server. Check your connection and try again.');
+      }
+      if (res.ok && this.closed) {
+        // Cancelled while uploading: nobody will watch this job, so delete it now.
+        const { job } = await res.json();
+        fetch('/v1/jobs/' + job.id, { method: 'DELETE', credentials: 'same-origin' }).catch(() => {});
+        return;
+      }
+      if (this.closed) return;
+      if (res.ok) {
+        this.job = (await res.json()).job;
+        this.el.dataset.jobId = this.job.id;
+        this.uploadMs = Date.now() - this.t0;
+        this.mark('uploaded', 0);
+        this.listen();
+        return;
+      }
+      let body = {};
+      try { body = await res.json(); } catch (_) { /* not JSON */ }
+      if (res.status === 429 && attempt < 60) {
+        // Too many of our jobs are still running: wait for a free slot.
+        this.announce(`${this.displayName}: waiting for a free slot`);
+        this.q('.connection').textContent = 'Waiting for one of your other photos to finish…';
+        this.q('.connection').hidden = false;
+        await new Promise((r) => setTimeout(r, 2000));
+        this.q('.connection').hidden = true;
+        if (this.closed) return;
+        continue;
+      }
+      return this.fail(body.code || 'http_' + res.status, body.message || `Upload failed (HTTP ${res.status}).`);
+    }
+  }
 
-    const source = new EventSource(job.events_url);
-    current.source = source;
+  /** Follow the job's event stream; EventSource reconnects by itself with Last-Event-ID. */
+  listen() {
+    if (this.source) this.source.close();
+    const source = new EventSource(this.job.events_url + '?hold=true');
+    this.source = source;
     const onEvent = (ev) => {
       let data;
       try { data = JSON.parse(ev.data); } catch (_) { return; }
-      if (data.stage === 'failed') {
-        source.close();
-        clearInterval(current.timer);
-        showError($('wait-error'), data.message || 'Processing failed.');
-        return;
-      }
-      markStage(data.stage);
-      if (data.stage === 'done') {
-        source.close();
-        clearInterval(current.timer);
-        finish(job);
-      }
+      this.onStage(data);
     };
     for (const s of STAGES.concat(['failed'])) source.addEventListener(s, onEvent);
-    source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) {
-        showError($('wait-error'), 'Lost the connection to the server.');
+    source.addEventListener('open', () => {
+      this.q('.connection').hidden = true;
+      if (this.lostConnection) {
+        this.lostConnection = false;
+        this.resync();
       }
-    };
+    });
+    source.addEventListener('error', () => {
+      if (this.closed || source !== this.source) return;
+      this.lostConnection = true;
+      if (this.view === 'waiting') {
+        this.q('.connection').textContent = 'Connection lost, reconnecting…';
+        this.q('.connection').hidden = false;
+      }
+      // CONNECTING: the browser retries by itself. CLOSED: it gave up (an error status); ask the
+      // API what became of the job and start a new stream.
+      if (source.readyState === EventSource.CLOSED) this.recover();
+    });
   }
 
-  async function finish(job) {
-    let res;
+  onStage(data) {
+    if (this.closed) return;
+    if (data.stage === 'failed') {
+      if (this.view === 'result') return; // already have the result; the server let it go
+      return this.fail(data.error_code, data.message || 'Processing failed.', data.elapsed_ms);
+    }
+    this.mark(data.stage, data.elapsed_ms);
+    if (data.stage === 'done' && this.view === 'waiting' && !this.fetching) this.finish();
+  }
+
+  /** After a reconnect: read the record in case an event fell between two connections. */
+  async resync() {
+    if (!this.job || this.closed) return;
     try {
-      res = await fetch('/v1/jobs/' + job.id + '/result', { credentials: 'same-origin' });
-    } catch (_) {
-      showError($('wait-error'), 'Could not download the result.');
-      return;
-    }
-    if (!res.ok) {
-      showError($('wait-error'), 'Could not download the result (' + res.status + ').');
-      return;
-    }
-    const blob = await res.blob();
-    current.afterUrl = URL.createObjectURL(blob);
-    $('before').src = current.beforeUrl;
-    $('after').src = current.afterUrl;
-    const a = $('download');
-    a.href = current.afterUrl;
-    a.download = job.download_name || (job.name + '-nobg.png');
-    a.textContent = 'Download ' + a.download;
-    show('result');
+      const res = await fetch('/v1/jobs/' + this.job.id, { credentials: 'same-origin' });
+      if (res.status === 404) {
+        if (this.view === 'waiting') this.fail('deleted', 'This photo is no longer on the server.');
+        return;
+      }
+      if (!res.ok) return;
+      const job = await res.json();
+      if (job.state === 'done') this.onStage({ stage: 'done' });
+      else if (job.state === 'failed') this.onStage({ stage: 'failed', error_code: job.error_code, message: job.error_message });
+    } catch (_) { /* still offline; the stream will retry */ }
   }
 
-  async function cancel() {
-    if (current && current.job) {
+  /** The browser gave up on the stream: poll the job, then open a new stream. */
+  async recover() {
+    if (this.recovering) return;
+    this.recovering = true;
+    for (let delay = 1000; !this.closed; delay = Math.min(delay * 2, 10000)) {
+      await new Promise((r) => setTimeout(r, delay));
+      if (this.closed) break;
+      let res;
+      try { res = await fetch('/v1/jobs/' + this.job.id, { credentials: 'same-origin' }); } catch (_) { continue; }
+      if (res.status === 404) {
+        if (this.view === 'waiting') this.fail('deleted', 'This photo is no longer on the server.');
+        break;
+      }
+      if (!res.ok) continue;
+      this.listen();
+      this.resync();
+      break;
+    }
+    this.recovering = false;
+  }
+
+  async finish() {
+    this.fetching = true;
+    let blob = null;
+    for (let attempt = 0; attempt < 5 && !blob && !this.closed; attempt++) {
+      if (attempt) await new Promise((r) => setTimeout(r, 1000 * attempt));
       try {
-        await fetch('/v1/jobs/' + current.job.id, { method: 'DELETE', credentials: 'same-origin' });
-      } catch (_) { /* nothing to do */ }
+        const res = await fetch('/v1/jobs/' + this.job.id + '/result', { credentials: 'same-origin' });
+        if (res.ok) blob = await res.blob();
+        else if (res.status === 404) break;
+      } catch (_) { /* retry */ }
     }
-    reset();
+    this.fetching = false;
+    if (this.closed) return;
+    if (!blob) return this.fail('result_unavailable', 'The result could not be downloaded.');
+    this.stopTimer();
+    this.afterUrl = URL.createObjectURL(blob);
+    const name = this.job.download_name || `${this.displayName}-nobg.png`;
+    const after = this.q('.after');
+    const before = this.q('.before');
+    after.alt = `${this.displayName} with the background removed`;
+    before.alt = `${this.displayName}, original`;
+    before.src = this.beforeUrl;
+    after.src = this.afterUrl;
+    // A crop changes the frame: show both side by side instead of over each other.
+    this.q('.compare').classList.toggle('side', Boolean(this.job.options && this.job.options.crop));
+    const a = this.q('.download');
+    a.href = this.afterUrl;
+    a.download = name;
+    a.textContent = `Download ${name}`;
+    this.setView('result');
+    this.announce(`${this.displayName}: done`);
+    notify('Background removed', `${this.displayName} is ready to download.`, this.job.id);
   }
 
-  function init() {
-    const drop = $('drop');
-    $('file').addEventListener('change', () => upload($('file').files[0]));
-    ['dragenter', 'dragover'].forEach((t) => drop.addEventListener(t, (e) => {
-      e.preventDefault();
-      drop.classList.add('over');
-    }));
-    ['dragleave', 'drop'].forEach((t) => drop.addEventListener(t, () => drop.classList.remove('over')));
-    drop.addEventListener('drop', (e) => {
-      e.preventDefault();
-      const f = e.dataTransfer && e.dataTransfer.files[0];
-      if (f) upload(f);
-    });
-    document.addEventListener('paste', (e) => {
-      if (views.upload.hidden) return;
-      const items = (e.clipboardData && e.clipboardData.files) || [];
-      if (items.length) { e.preventDefault(); upload(items[0]); }
-    });
-    $('opt-fill').addEventListener('change', () => { $('opt-color').disabled = !$('opt-fill').checked; });
-    $('opt-format').addEventListener('change', () => {
-      if ($('opt-format').value === 'jpeg') { $('opt-fill').checked = true; $('opt-color').disabled = false; }
-    });
-    $('again').addEventListener('click', reset);
-    $('cancel').addEventListener('click', cancel);
+  fail(code, message, elapsedMs) {
+    this.stopTimer();
+    if (typeof elapsedMs === 'number') this.t0 = Date.now() - elapsedMs - this.uploadMs;
+    const lines = [sentence(message)];
+    if (HINTS[code]) lines.push(HINTS[code]);
+    const p = this.q('.failure');
+    p.textContent = lines.join(' ');
+    this.el.dataset.errorCode = code || '';
+    this.setView('failed');
+    notify('Could not remove the background', `${this.displayName}: ${sentence(message)}`, this.job ? this.job.id : undefined);
   }
 
-  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init); else init();
-})();
+  /** Start this photo again as a new job (with the options now chosen); the old one is deleted. */
+  async retry() {
+    const old = this.job;
+    this.dispose();
+    if (old) fetch('/v1/jobs/' + old.id, { method: 'DELETE', credentials: 'same-origin' }).catch(() => {});
+    const again = new Job(this.file, this.options, this.displayName);
+    const i = state.jobs.indexOf(this);
+    state.jobs[i] = again;
+    this.el.replaceWith(again.el);
+    again.q('.job-name').tabIndex = -1;
+    again.q('.job-name').focus();
+    await again.upload();
+  }
+
+  async cancel() {
+    const old = this.job;
+    this.close();
+    if (old) {
+      try { await fetch('/v1/jobs/' + old.id, { method: 'DELETE', credentials: 'same-origin' }); } catch (_) { /* gone anyway */ }
+    }
+    state.jobs = state.jobs.filter((j) => j !== this);
+    this.el.remove();
+    if (state.jobs.length === 0) startOver();
+    else updateTitle();
+  }
+
+  /** Stop following the job; the server deletes it after the grace window. */
+  close() {
+    this.closed = true;
+    if (this.source) this.source.close();
+    this.source = null;
+    clearInterval(this.timer);
+    // Keep the object URLs alive while the card is on the page (the download needs them).
+  }
+
+  dispose() {
+    this.close();
+    URL.revokeObjectURL(this.beforeUrl);
+    if (this.afterUrl) URL.revokeObjectURL(this.afterUrl);
+  }
+}
+
+function startOver() {
+  for (const j of state.jobs) j.dispose();
+  state.jobs = [];
+  $('jobs').replaceChildren();
+  $('file').value = '';
+  setMessage($('jobs-notice'), []);
+  setMessage($('upload-error'), []);
+  updateTitle();
+  showView('upload');
+  $('file').focus();
+}
+
+/** Check the files, start a job for each acceptable one (at most MAX_AT_ONCE). */
+async function accept(files, named) {
+  files = Array.from(files || []);
+  if (files.length === 0) return;
+  const problems = [];
+  if (files.length > MAX_AT_ONCE) {
+    problems.push(`Up to ${MAX_AT_ONCE} photos at a time: ${files.length - MAX_AT_ONCE} were left out.`);
+    files = files.slice(0, MAX_AT_ONCE);
+  }
+  const ok = [];
+  for (const f of files) {
+    const problem = await checkFile(f, state.limits);
+    if (problem) problems.push(problem); else ok.push(f);
+  }
+  if (ok.length === 0) {
+    setMessage($('upload-error'), problems);
+    $('file').value = '';
+    return;
+  }
+  setMessage($('upload-error'), []);
+  for (const j of state.jobs) j.dispose();
+  state.jobs = [];
+  $('jobs').replaceChildren();
+  setMessage($('jobs-notice'), problems);
+  const options = chosenOptions();
+  for (const f of ok) {
+    const name = named || (f.name ? f.name.replace(/\.[^.]+$/, '') || f.name : 'pasted-image');
+    const job = new Job(f, options, name);
+    state.jobs.push(job);
+    $('jobs').append(job.el);
+  }
+  $('jobs-title').textContent = ok.length === 1 ? 'Your photo' : `Your ${ok.length} photos`;
+  offerNotifications();
+  showView('jobs');
+  $('jobs-title').focus();
+  // One upload at a time keeps the connections free for the event streams.
+  for (const job of state.jobs.slice()) await job.upload();
+}
+
+/** Offer notifications while something is still working and the browser has not been asked. */
+function offerNotifications() {
+  const can = 'Notification' in window && Notification.permission === 'default';
+  $('notify-offer').hidden = !can || !state.jobs.some((j) => j.view === 'waiting');
+}
+
+/** Options that cannot apply together are disabled, and say so. */
+function syncOptions() {
+  const jpeg = $('opt-format').value === 'jpeg';
+  const mask = $('opt-mask').checked;
+  if (jpeg && $('opt-transparent').checked) $('opt-solid').checked = true;
+  $('opt-transparent').disabled = jpeg;
+  $('opt-bg').disabled = mask;
+  $('opt-color').disabled = mask || !$('opt-solid').checked;
+}
+
+async function loadConfig() {
+  try {
+    const res = await fetch('/v1/config', { credentials: 'same-origin' });
+    if (!res.ok) return;
+    const cfg = await res.json();
+    state.limits = {
+      max_upload_bytes: cfg.max_upload_bytes,
+      max_pixels: cfg.max_pixels,
+      max_side: cfg.max_side,
+    };
+    state.graceSeconds = cfg.grace_seconds;
+    for (const m of cfg.models || []) {
+      const opt = $('opt-model').querySelector(`option[value="${m.id}"]`);
+      if (!opt) continue;
+      opt.disabled = !m.available;
+      if (!m.available && !opt.textContent.includes('not installed')) opt.textContent += ' — not installed here';
+    }
+    const sel = $('opt-model');
+    if (sel.selectedOptions[0] && sel.selectedOptions[0].disabled) {
+      const first = Array.from(sel.options).find((o) => !o.disabled);
+      if (first) sel.value = first.value;
+    }
+  } catch (_) { /* keep the defaults; the server checks anyway */ }
+  $('limits').textContent = `PNG, JPEG, WebP, GIF, BMP or TIFF · up to ${formatBytes(state.limits.max_upload_bytes)} ` +
+    `and ${formatMegapixels(state.limits.max_pixels)} each · ${MAX_AT_ONCE} at a time`;
+  const g = state.graceSeconds;
+  $('grace-text').textContent = g === 1 ? '1 second' : g < 120 ? `${g} seconds` : `${Math.round(g / 60)} minutes`;
+  document.body.dataset.ready = 'true';
+}
+
+function init() {
+  const drop = $('drop');
+  $('file').addEventListener('change', () => accept($('file').files));
+  // Dropping anywhere on the upload view works; elsewhere the browser must not open the file.
+  let depth = 0;
+  document.addEventListener('dragenter', (e) => {
+    if ($('upload-view').hidden) return;
+    e.preventDefault();
+    depth++;
+    drop.classList.add('over');
+  });
+  document.addEventListener('dragleave', () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) drop.classList.remove('over');
+  });
+  document.addEventListener('dragover', (e) => e.preventDefault());
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    depth = 0;
+    drop.classList.remove('over');
+    if ($('upload-view').hidden) return;
+    if (e.dataTransfer && e.dataTransfer.files.length) accept(e.dataTransfer.files);
+  });
+  document.addEventListener('paste', (e) => {
+    if ($('upload-view').hidden) return;
+    const files = e.clipboardData ? Array.from(e.clipboardData.files) : [];
+    if (files.length) {
+      e.preventDefault();
+      // Browsers name a pasted bitmap "image.png"; call it what it is.
+      const generic = files.length === 1 && (!files[0].name || /^image\.\w+$/.test(files[0].name));
+      accept(files, generic ? 'pasted-image' : undefined);
+    }
+  });
+  for (const id of ['opt-format', 'opt-mask', 'opt-transparent', 'opt-solid']) $(id).addEventListener('change', syncOptions);
+  $('again').addEventListener('click', startOver);
+  $('notify').addEventListener('click', async () => {
+    try { await Notification.requestPermission(); } catch (_) { /* old API shape */ }
+    offerNotifications();
+  });
+  syncOptions();
+  showView('upload');
+  loadConfig();
+}
+
+init();

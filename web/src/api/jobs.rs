@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
 use poem::Request;
 use poem::web::sse::Event;
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiResponse, Enum, Multipart, Object, OpenApi, Tags};
@@ -542,7 +542,8 @@ impl JobsApi {
 
     /// Live progress as server-sent events. The first event is the job's current state (a client
     /// arriving after completion still gets `done`); `Last-Event-ID` skips what was already seen;
-    /// the stream ends after `done` or `failed`.
+    /// the stream ends after `done` or `failed`, unless `hold=true`: then it stays open (keep-alive
+    /// comments only) until the client leaves, so the job's grace window starts only then.
     #[oai(path = "/jobs/:id/events", method = "get")]
     #[tracing::instrument(skip_all, fields(job_id = %id.0))]
     async fn events(
@@ -550,7 +551,10 @@ impl JobsApi {
         req: &Request,
         id: Path<String>,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
+        /// Keep the stream open after the final event, until the client disconnects.
+        hold: Query<Option<bool>>,
     ) -> ApiResult<EventsResponse> {
+        let hold = hold.0.unwrap_or(false);
         let client = self.signer.identify(req).ok_or(WebError::NotFound)?;
         if !backless_common::db::is_valid_job_id(&id) {
             return Err(WebError::NotFound.into());
@@ -598,33 +602,61 @@ impl JobsApi {
             first: Option<JobEvent>,
             live: BoxStream<'static, JobEvent>,
             last: u64,
+            hold: bool,
+            ended: bool,
             _guard: crate::lifecycle::WatchGuard,
+        }
+        /// After the final event: end, or (held) stay open with the watch guard until the client
+        /// leaves and poem drops the stream.
+        async fn after_end(mut st: St) -> Option<(JobEventView, Option<St>)> {
+            if st.hold {
+                st.live = stream::empty().boxed();
+                std::future::pending::<()>().await;
+            }
+            drop(st);
+            None
         }
         let st = St {
             first: Some(first),
             live: merged,
             last: last_seen,
+            hold,
+            ended: false,
             _guard: guard,
         };
         let out = stream::unfold(Some(st), |st| async move {
             let mut st = st?;
+            if st.ended {
+                return after_end(st).await;
+            }
             loop {
                 let ev = match st.first.take() {
                     Some(e) => {
                         if e.stage.is_final() && e.seq <= st.last {
                             // Already seen the end: nothing more will come.
-                            return None;
+                            return after_end(st).await;
                         }
                         e
                     }
-                    None => st.live.next().await?,
+                    None => match st.live.next().await {
+                        Some(e) => e,
+                        None => return after_end(st).await,
+                    },
                 };
                 if ev.seq <= st.last {
                     continue;
                 }
                 st.last = ev.seq;
-                let fin = ev.stage.is_final();
-                return Some((JobEventView::from(ev), (!fin).then_some(st)));
+                let next = match (ev.stage.is_final(), st.hold) {
+                    (false, _) => Some(st),
+                    (true, false) => None,
+                    (true, true) => {
+                        // Send the final event now; the next poll parks in `after_end`.
+                        st.ended = true;
+                        Some(st)
+                    }
+                };
+                return Some((JobEventView::from(ev), next));
             }
         })
         .boxed();

@@ -307,6 +307,7 @@ async fn health_docs_and_pages() {
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/events",
         "/v1/jobs/{id}/result",
+        "/v1/config",
         "/readyz",
     ] {
         assert!(spec["paths"][p].is_object(), "{p} missing from the spec");
@@ -330,4 +331,46 @@ async fn health_docs_and_pages() {
         let res = c.get(app.url(asset)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{asset}");
     }
+}
+
+#[tokio::test]
+async fn config_tells_the_page_the_limits_the_server_enforces() {
+    let app = spawn_app(&[
+        ("BACKLESS_MAX_UPLOAD_BYTES", "5000"),
+        ("BACKLESS_MAX_PIXELS", "1234567"),
+        ("BACKLESS_MAX_SIDE", "3000"),
+        ("BACKLESS_MODELS", "u2netp,isnet"),
+        ("BACKLESS_MAX_LIVE_JOBS_PER_CLIENT", "3"),
+        ("BACKLESS_GRACE", "7s"),
+    ])
+    .await;
+    let c = browser();
+    let cfg: serde_json::Value = c
+        .get(app.url("/v1/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cfg["max_upload_bytes"], 5000);
+    assert_eq!(cfg["max_pixels"], 1_234_567);
+    assert_eq!(cfg["max_side"], 3000);
+    assert_eq!(cfg["max_live_jobs"], 3);
+    assert_eq!(cfg["grace_seconds"], 7);
+    assert_eq!(cfg["formats"], serde_json::json!(["png", "webp", "jpeg"]));
+    assert_eq!(
+        cfg["models"],
+        serde_json::json!([
+            {"id": "u2netp", "available": true},
+            {"id": "u2net", "available": false},
+            {"id": "isnet", "available": true},
+        ])
+    );
+    let types = cfg["content_types"].as_array().unwrap();
+    assert!(types.contains(&"image/png".into()) && types.contains(&"image/tiff".into()));
+    // The advertised byte limit is the one uploads meet.
+    let (status, body) = app.upload(&c, png_bytes(64, 64), "big.png").await;
+    assert!(png_bytes(64, 64).len() > 5000);
+    assert_eq!(status, 413, "{body}");
 }

@@ -179,3 +179,72 @@ async fn failed_enqueue_leaves_the_job_queued_for_the_outbox() {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, id);
 }
+
+#[tokio::test]
+async fn a_held_stream_keeps_a_finished_job_until_the_client_leaves() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "300ms")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    {
+        let res = c
+            .get(app.url(&format!("/v1/jobs/{id}/events?hold=true")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, "queued");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                app.shared.watchers(&id) == 1
+            })
+            .await
+        );
+        app.finish_job(&id).await;
+        let mut last = String::new();
+        while last != "done" {
+            last = sse.next().await.unwrap().event;
+        }
+        // The stream stays open after `done` (keep-alives only), so the grace window does not
+        // start: the job outlives it several times over.
+        let more = tokio::time::timeout(Duration::from_millis(1200), sse.next()).await;
+        assert!(more.is_err(), "the held stream ended or sent {more:?}");
+        assert_eq!(app.shared.watchers(&id), 1);
+        assert_eq!(app.job_rows().await, 1);
+        assert_eq!(app.stored_files().len(), 2);
+    } // the page is closed
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.job_rows().await == 0 && app.stored_files().is_empty()
+        })
+        .await,
+        "deleted a grace window after the held stream closed"
+    );
+}
+
+#[tokio::test]
+async fn a_held_stream_reconnecting_after_the_end_gets_nothing_and_stays_open() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "60s")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    app.finish_job(&id).await;
+    // EventSource reconnecting with the last id it saw (7 = done).
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events?hold=true")))
+        .header("Last-Event-ID", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut sse = SseReader::new(res);
+    let more = tokio::time::timeout(Duration::from_millis(800), sse.next()).await;
+    assert!(more.is_err(), "expected an open, silent stream: {more:?}");
+    assert_eq!(app.shared.watchers(&id), 1);
+    // Without hold the same request ends at once, as before.
+    let res = c
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .header("Last-Event-ID", "7")
+        .send()
+        .await
+        .unwrap();
+    assert!(SseReader::new(res).next().await.is_none());
+}
