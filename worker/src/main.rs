@@ -3,12 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    backless_common::telemetry::init("info");
     match backless_worker::cli::run(backless_worker::cli::Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -290,7 +290,9 @@ async fn remove_background(
             return Outcome::Finished("ignored");
         }
         tracing::Span::current().record("job_id", job_id.as_str());
-        process(state, &job_id).await
+        let outcome = process(state, &job_id).await;
+        tracing::info!(outcome = %outcome.label(), "push handled");
+        outcome
     }
     .instrument(span)
     .await;

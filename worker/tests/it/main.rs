@@ -5,6 +5,7 @@ mod cli;
 #[cfg(feature = "dev")]
 mod e2e;
 mod golden;
+mod logs;
 mod network;
 #[cfg(feature = "dev")]
 mod push_auth;
