@@ -41,6 +41,12 @@ fn origins(n: usize, d: usize) -> Vec<usize> {
     (0..n).filter(|y| y % (2 * d) < d).collect()
 }
 
+/// The same origins ordered by phase `x mod 2d`, so consecutive tiles of one phase are
+/// consecutive in the phase-split input (see `run`).
+fn origins_by_phase(n: usize, d: usize) -> Vec<usize> {
+    (0..d.min(n)).flat_map(|r| (r..n).step_by(2 * d)).collect()
+}
+
 impl WinogradConv {
     /// `weight` is OIHW 3x3, stride 1, padding = dilation.
     pub fn new(shape: ConvShape, weight: &[f32], bias: Vec<f32>) -> Self {
@@ -85,7 +91,7 @@ impl WinogradConv {
         assert_eq!(planes.len(), cin, "input channels");
         let pixels = h * w;
         let ys = origins(h, d);
-        let xs = origins(w, d);
+        let xs = origins_by_phase(w, d);
         let tiles = ys.len() * xs.len();
         let threads = rayon::current_num_threads().max(1);
         let want = threads * TASKS_PER_THREAD;
@@ -94,7 +100,7 @@ impl WinogradConv {
         if tiles.div_ceil(blk) < want {
             blk = tiles.div_ceil(want).max(MIN_TILES);
         }
-        let blk = blk.min(tiles).max(1);
+        let blk = blk.min(tiles).max(1).next_multiple_of(LANES);
         let tile_tasks = tiles.div_ceil(blk);
         let ch_tiles = if tile_tasks >= want {
             1
@@ -106,6 +112,32 @@ impl WinogradConv {
         let ch_blk = cout.div_ceil(ch_tiles);
         let ch_tiles = cout.div_ceil(ch_blk);
 
+        // Zero-padded, phase-split copy of the input: padding d before and 2d after each axis
+        // keeps every patch read in bounds, and each padded row is stored as its 2d phases
+        // (column xp at phase xp mod 2d, index xp / 2d). A patch's four columns are then two
+        // phases at two neighbouring indices, and LANES tiles of one phase read LANES
+        // consecutive floats.
+        let (hp, wp) = (h + 3 * d, w + 3 * d);
+        let mp = wp.div_ceil(2 * d) + 1;
+        let row_len = 2 * d * mp;
+        let mut padded = vec![0f32; cin * hp * row_len];
+        padded
+            .par_chunks_mut(hp * row_len)
+            .zip(planes.par_iter())
+            .for_each(|(dst, src)| {
+                for (y, row) in src.chunks_exact(w).enumerate() {
+                    let drow = &mut dst[(y + d) * row_len..][..row_len];
+                    for (x, &val) in row.iter().enumerate() {
+                        let xp = x + d;
+                        drow[(xp % (2 * d)) * mp + xp / (2 * d)] = val;
+                    }
+                }
+            });
+        // Offsets of patch column j from column 0: phase +d, next index, both.
+        let col_off = [0, d * mp, 1, d * mp + 1];
+        let row_off = d * row_len;
+        let padded = &padded;
+
         let mut out = vec![0f32; cout * pixels];
         let dst = SharedMut::new(&mut out);
         (0..tile_tasks * ch_tiles).into_par_iter().for_each(|task| {
@@ -114,18 +146,32 @@ impl WinogradConv {
             let t1 = (t0 + blk).min(tiles);
             let c0 = ct * ch_blk;
             let c1 = (c0 + ch_blk).min(cout);
-            let nt = t1 - t0;
+            // Tiles padded to whole lanes; the extra ones repeat the last tile and are dropped.
+            let nt = (t1 - t0).next_multiple_of(LANES);
             let nc = c1 - c0;
+            // Leading dimensions one cache line past the product, so the 16 streams of one
+            // transform do not alias in L1.
+            let v_ld = cin * nt + 16;
+            let m_ld = nc * nt + 16;
+            let origin: Vec<(usize, usize)> = (t0..t0 + nt)
+                .map(|t| {
+                    let t = t.min(t1 - 1);
+                    (ys[t / xs.len()], xs[t % xs.len()])
+                })
+                .collect();
+            let base: Vec<usize> = origin
+                .iter()
+                .map(|&(y, x)| y * row_len + (x % (2 * d)) * mp + x / (2 * d))
+                .collect();
             BUFS.with_borrow_mut(|(v, m)| {
-                v.resize(16 * cin * nt, 0.0);
-                m.resize(16 * nc * nt, 0.0);
-                let tile_at = |t: usize| (ys[t / xs.len()], xs[t % xs.len()]);
-                for (ci, plane) in planes.iter().enumerate() {
-                    for t in 0..nt {
-                        let (y0, x0) = tile_at(t0 + t);
-                        let p = input_transform(plane, h, w, y0, x0, d);
-                        for (e, val) in p.into_iter().enumerate() {
-                            v[(e * cin + ci) * nt + t] = val;
+                v.resize(16 * v_ld, 0.0);
+                m.resize(16 * m_ld, 0.0);
+                for ci in 0..cin {
+                    let plane = &padded[ci * hp * row_len..(ci + 1) * hp * row_len];
+                    for (k, bases) in base.chunks_exact(LANES).enumerate() {
+                        let vals = input_transform(plane, bases, row_off, &col_off);
+                        for (e, lanes) in vals.iter().enumerate() {
+                            v[e * v_ld + ci * nt + k * LANES..][..LANES].copy_from_slice(lanes);
                         }
                     }
                 }
@@ -137,14 +183,14 @@ impl WinogradConv {
                             nc,
                             nt,
                             cin,
-                            m.as_mut_ptr().add(e * nc * nt),
+                            m.as_mut_ptr().add(e * m_ld),
                             1,
                             nt as isize,
                             false,
                             self.u.as_ptr().add((e * cout + c0) * cin),
                             1,
                             cin as isize,
-                            v.as_ptr().add(e * cin * nt),
+                            v.as_ptr().add(e * v_ld),
                             1,
                             nt as isize,
                             0.0,
@@ -157,29 +203,27 @@ impl WinogradConv {
                     }
                 }
                 let out = dst.get();
+                let real = t1 - t0;
                 for co in c0..c1 {
                     let bias = self.bias[co];
                     let lc = co - c0;
-                    for t in 0..nt {
-                        let mut mm = [0f32; 16];
-                        for (e, x) in mm.iter_mut().enumerate() {
-                            *x = m[(e * nc + lc) * nt + t];
+                    for k in 0..nt / LANES {
+                        let mut mm = [[0f32; LANES]; 16];
+                        for (e, lanes) in mm.iter_mut().enumerate() {
+                            lanes.copy_from_slice(&m[e * m_ld + lc * nt + k * LANES..][..LANES]);
                         }
                         let y = output_transform(&mm);
-                        let (y0, x0) = tile_at(t0 + t);
-                        for (i, row) in y.iter().enumerate() {
-                            let oy = y0 + i * d;
-                            if oy >= h {
-                                continue;
-                            }
-                            for (j, &val) in row.iter().enumerate() {
-                                let ox = x0 + j * d;
-                                if ox < w {
+                        for lane in 0..LANES.min(real.saturating_sub(k * LANES)) {
+                            let (y0, x0) = origin[k * LANES + lane];
+                            for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                                let (oy, ox) = (y0 + i * d, x0 + j * d);
+                                if oy < h && ox < w {
                                     let at = co * pixels + oy * w + ox;
-                                    // SAFETY: output (co, oy, ox) belongs to this task's tile
-                                    // and channel block alone; `out` outlives the loop.
+                                    let val = y[i * 2 + j][lane] + bias;
+                                    // SAFETY: output (co, oy, ox) belongs to this task's
+                                    // tiles and channel block alone; `out` outlives the loop.
                                     unsafe {
-                                        *out.add(at) = finish_value(val + bias, epilogue, at);
+                                        *out.add(at) = finish_value(val, epilogue, at);
                                     }
                                 }
                             }
@@ -192,62 +236,81 @@ impl WinogradConv {
     }
 }
 
-/// `Bᵀ d B` for the 4x4 patch with rows `y0 - d + {0, d, 2d, 3d}` (likewise columns), zeros
-/// outside the plane; returned row-major.
+/// Tiles transformed together, one per SIMD lane.
+const LANES: usize = 8;
+
+type Lanes = [f32; LANES];
+
+/// `Bᵀ d B` for `LANES` tiles whose patches start at `bases` in the phase-split plane (patch
+/// element `(i, j)` at `base + i * row_off + col_off[j]`); returned row-major over the 4x4
+/// positions.
 #[inline]
-fn input_transform(plane: &[f32], h: usize, w: usize, y0: usize, x0: usize, d: usize) -> [f32; 16] {
-    let mut p = [[0f32; 4]; 4];
-    let inside = y0 >= d && x0 >= d && y0 + 2 * d < h && x0 + 2 * d < w;
-    if inside {
+fn input_transform(
+    plane: &[f32],
+    bases: &[usize],
+    row_off: usize,
+    col_off: &[usize; 4],
+) -> [Lanes; 16] {
+    let mut p = [[[0f32; LANES]; 4]; 4];
+    if bases.windows(2).all(|b| b[1] == b[0] + 1) {
+        // One phase, consecutive indices: every patch element is LANES consecutive floats.
         for (i, row) in p.iter_mut().enumerate() {
-            let base = (y0 + i * d - d) * w + x0 - d;
             for (j, v) in row.iter_mut().enumerate() {
-                *v = plane[base + j * d];
+                v.copy_from_slice(&plane[bases[0] + i * row_off + col_off[j]..][..LANES]);
             }
         }
     } else {
-        for (i, row) in p.iter_mut().enumerate() {
-            let iy = (y0 + i * d) as isize - d as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
-            }
-            for (j, v) in row.iter_mut().enumerate() {
-                let ix = (x0 + j * d) as isize - d as isize;
-                if ix >= 0 && ix < w as isize {
-                    *v = plane[iy as usize * w + ix as usize];
+        for (lane, &b) in bases.iter().enumerate() {
+            for (i, row) in p.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    v[lane] = plane[b + i * row_off + col_off[j]];
                 }
             }
         }
     }
+    let (add, sub) = (lanes_add, lanes_sub);
     // Rows: Bᵀ p.
-    let mut t = [[0f32; 4]; 4];
+    let mut t = [[[0f32; LANES]; 4]; 4];
     for j in 0..4 {
-        t[0][j] = p[0][j] - p[2][j];
-        t[1][j] = p[1][j] + p[2][j];
-        t[2][j] = p[2][j] - p[1][j];
-        t[3][j] = p[1][j] - p[3][j];
+        t[0][j] = sub(&p[0][j], &p[2][j]);
+        t[1][j] = add(&p[1][j], &p[2][j]);
+        t[2][j] = sub(&p[2][j], &p[1][j]);
+        t[3][j] = sub(&p[1][j], &p[3][j]);
     }
     // Columns: (Bᵀ p) B.
-    let mut out = [0f32; 16];
+    let mut out = [[0f32; LANES]; 16];
     for (i, r) in t.iter().enumerate() {
-        out[i * 4] = r[0] - r[2];
-        out[i * 4 + 1] = r[1] + r[2];
-        out[i * 4 + 2] = r[2] - r[1];
-        out[i * 4 + 3] = r[1] - r[3];
+        out[i * 4] = sub(&r[0], &r[2]);
+        out[i * 4 + 1] = add(&r[1], &r[2]);
+        out[i * 4 + 2] = sub(&r[2], &r[1]);
+        out[i * 4 + 3] = sub(&r[1], &r[3]);
     }
     out
 }
 
-/// `Aᵀ m A` for a row-major 4x4 `m`: the 2x2 outputs.
+#[inline(always)]
+fn lanes_add(a: &Lanes, b: &Lanes) -> Lanes {
+    std::array::from_fn(|i| a[i] + b[i])
+}
+
+#[inline(always)]
+fn lanes_sub(a: &Lanes, b: &Lanes) -> Lanes {
+    std::array::from_fn(|i| a[i] - b[i])
+}
+
+/// `Aᵀ m A` for `LANES` tiles of a row-major 4x4 `m`: the 2x2 outputs, row-major.
 #[inline]
-fn output_transform(m: &[f32; 16]) -> [[f32; 2]; 2] {
-    let mut t = [[0f32; 4]; 2];
+fn output_transform(m: &[Lanes; 16]) -> [Lanes; 4] {
+    let (add, sub) = (lanes_add, lanes_sub);
+    let mut t = [[[0f32; LANES]; 4]; 2];
     for j in 0..4 {
-        t[0][j] = m[j] + m[4 + j] + m[8 + j];
-        t[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
+        t[0][j] = add(&add(&m[j], &m[4 + j]), &m[8 + j]);
+        t[1][j] = sub(&sub(&m[4 + j], &m[8 + j]), &m[12 + j]);
     }
     [
-        [t[0][0] + t[0][1] + t[0][2], t[0][1] - t[0][2] - t[0][3]],
-        [t[1][0] + t[1][1] + t[1][2], t[1][1] - t[1][2] - t[1][3]],
+        add(&add(&t[0][0], &t[0][1]), &t[0][2]),
+        sub(&sub(&t[0][1], &t[0][2]), &t[0][3]),
+        add(&add(&t[1][0], &t[1][1]), &t[1][2]),
+        sub(&sub(&t[1][1], &t[1][2]), &t[1][3]),
     ]
 }
