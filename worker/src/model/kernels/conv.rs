@@ -192,7 +192,7 @@ struct Geom {
 }
 
 /// ReLU and residual on one biased output value at flat index `at`.
-#[inline]
+#[inline(always)]
 pub(super) fn finish_value(x: f32, ep: Epilogue, at: usize) -> f32 {
     let x = if ep.relu { x.max(0.0) } else { x };
     match ep.residual {

@@ -166,15 +166,16 @@ impl WinogradConv {
             BUFS.with_borrow_mut(|(v, m)| {
                 v.resize(16 * v_ld, 0.0);
                 m.resize(16 * m_ld, 0.0);
-                for ci in 0..cin {
-                    let plane = &padded[ci * hp * row_len..(ci + 1) * hp * row_len];
-                    for (k, bases) in base.chunks_exact(LANES).enumerate() {
-                        let vals = input_transform(plane, bases, row_off, &col_off);
-                        for (e, lanes) in vals.iter().enumerate() {
-                            v[e * v_ld + ci * nt + k * LANES..][..LANES].copy_from_slice(lanes);
-                        }
-                    }
+                InputJob {
+                    padded,
+                    plane_len: hp * row_len,
+                    base: &base,
+                    row_off,
+                    col_off,
+                    nt,
+                    v_ld,
                 }
+                .run(v);
                 for e in 0..16 {
                     // SAFETY: u, v and m are in bounds for these sizes and strides; m is
                     // this task's own buffer.
@@ -202,38 +203,139 @@ impl WinogradConv {
                         );
                     }
                 }
-                let out = dst.get();
-                let real = t1 - t0;
-                for co in c0..c1 {
-                    let bias = self.bias[co];
-                    let lc = co - c0;
-                    for k in 0..nt / LANES {
-                        let mut mm = [[0f32; LANES]; 16];
-                        for (e, lanes) in mm.iter_mut().enumerate() {
-                            lanes.copy_from_slice(&m[e * m_ld + lc * nt + k * LANES..][..LANES]);
-                        }
-                        let y = output_transform(&mm);
-                        for lane in 0..LANES.min(real.saturating_sub(k * LANES)) {
-                            let (y0, x0) = origin[k * LANES + lane];
-                            for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                                let (oy, ox) = (y0 + i * d, x0 + j * d);
-                                if oy < h && ox < w {
-                                    let at = co * pixels + oy * w + ox;
-                                    let val = y[i * 2 + j][lane] + bias;
-                                    // SAFETY: output (co, oy, ox) belongs to this task's
-                                    // tiles and channel block alone; `out` outlives the loop.
-                                    unsafe {
-                                        *out.add(at) = finish_value(val, epilogue, at);
-                                    }
-                                }
-                            }
-                        }
-                    }
+                OutputJob {
+                    m,
+                    m_ld,
+                    nt,
+                    channels: c0..c1,
+                    bias: &self.bias,
+                    origin: &origin,
+                    real: t1 - t0,
+                    d,
+                    h,
+                    w,
+                    epilogue,
+                    out: dst,
                 }
+                .run();
             });
         });
         out
     }
+}
+
+/// Transforms one task's input tiles into `V` (`16` matrices of `(in_ch, nt)`, leading
+/// dimension `v_ld`).
+struct InputJob<'a> {
+    padded: &'a [f32],
+    plane_len: usize,
+    base: &'a [usize],
+    row_off: usize,
+    col_off: [usize; 4],
+    nt: usize,
+    v_ld: usize,
+}
+
+impl InputJob<'_> {
+    fn run(&self, v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { self.run_avx2(v) };
+        }
+        self.run_portable(v)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, v: &mut [f32]) {
+        self.run_portable(v)
+    }
+
+    #[inline(always)]
+    fn run_portable(&self, v: &mut [f32]) {
+        let (nt, v_ld) = (self.nt, self.v_ld);
+        for (ci, plane) in self.padded.chunks_exact(self.plane_len).enumerate() {
+            for (k, bases) in self.base.chunks_exact(LANES).enumerate() {
+                let vals = input_transform(plane, bases, self.row_off, &self.col_off);
+                for (e, lanes) in vals.iter().enumerate() {
+                    v[e * v_ld + ci * nt + k * LANES..][..LANES].copy_from_slice(lanes);
+                }
+            }
+        }
+    }
+}
+
+/// Transforms one task's `M` back to 2x2 output blocks with the epilogue applied.
+struct OutputJob<'a> {
+    m: &'a [f32],
+    m_ld: usize,
+    nt: usize,
+    channels: std::ops::Range<usize>,
+    bias: &'a [f32],
+    origin: &'a [(usize, usize)],
+    /// Tiles that are real (the rest pad the last lane group).
+    real: usize,
+    d: usize,
+    h: usize,
+    w: usize,
+    epilogue: Epilogue<'a>,
+    out: SharedMut,
+}
+
+impl OutputJob<'_> {
+    fn run(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { self.run_avx2() };
+        }
+        self.run_portable()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self) {
+        self.run_portable()
+    }
+
+    #[inline(always)]
+    fn run_portable(&self) {
+        let (d, h, w, nt) = (self.d, self.h, self.w, self.nt);
+        let pixels = h * w;
+        let out = self.out.get();
+        for co in self.channels.clone() {
+            let bias = self.bias[co];
+            let lc = co - self.channels.start;
+            for k in 0..nt / LANES {
+                let mut mm = [[0f32; LANES]; 16];
+                for (e, lanes) in mm.iter_mut().enumerate() {
+                    lanes.copy_from_slice(&self.m[e * self.m_ld + lc * nt + k * LANES..][..LANES]);
+                }
+                let y = output_transform(&mm);
+                for lane in 0..LANES.min(self.real.saturating_sub(k * LANES)) {
+                    let (y0, x0) = self.origin[k * LANES + lane];
+                    for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let (oy, ox) = (y0 + i * d, x0 + j * d);
+                        if oy < h && ox < w {
+                            let at = co * pixels + oy * w + ox;
+                            let val = y[i * 2 + j][lane] + bias;
+                            // SAFETY: output (co, oy, ox) belongs to this task's tiles and
+                            // channel block alone; the buffer outlives the task.
+                            unsafe {
+                                *out.add(at) = finish_value(val, self.epilogue, at);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// Tiles transformed together, one per SIMD lane.
@@ -244,7 +346,7 @@ type Lanes = [f32; LANES];
 /// `Bᵀ d B` for `LANES` tiles whose patches start at `bases` in the phase-split plane (patch
 /// element `(i, j)` at `base + i * row_off + col_off[j]`); returned row-major over the 4x4
 /// positions.
-#[inline]
+#[inline(always)]
 fn input_transform(
     plane: &[f32],
     bases: &[usize],
@@ -299,7 +401,7 @@ fn lanes_sub(a: &Lanes, b: &Lanes) -> Lanes {
 }
 
 /// `Aᵀ m A` for `LANES` tiles of a row-major 4x4 `m`: the 2x2 outputs, row-major.
-#[inline]
+#[inline(always)]
 fn output_transform(m: &[Lanes; 16]) -> [Lanes; 4] {
     let (add, sub) = (lanes_add, lanes_sub);
     let mut t = [[[0f32; LANES]; 4]; 2];
