@@ -313,8 +313,8 @@ impl OutputJob<'_> {
                     lanes.copy_from_slice(&self.m[e * self.m_ld + lc * nt + k * LANES..][..LANES]);
                 }
                 let y = output_transform(&mm);
-                for lane in 0..LANES.min(self.real.saturating_sub(k * LANES)) {
-                    let (y0, x0) = self.origin[k * LANES + lane];
+                let count = LANES.min(self.real.saturating_sub(k * LANES));
+                for (lane, &(y0, x0)) in self.origin[k * LANES..][..count].iter().enumerate() {
                     for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let (oy, ox) = (y0 + i * d, x0 + j * d);
                         if oy < h && ox < w {
