@@ -116,7 +116,25 @@ impl Conv {
                 })?;
                 kernels::from_nchw(out, s.out_ch, ho, wo)
             }
-            ConvImpl::Cpu(_) => candle_core::bail!("CPU conv weights used with a non-CPU input"),
+            ConvImpl::Cpu(_) if parts[0].dims().len() == 4 && parts[0].dim(0)? > 1 => {
+                // The kernel takes one image; run a batch image by image.
+                let n = parts[0].dim(0)?;
+                let outs = (0..n)
+                    .map(|i| {
+                        let ps: Vec<Tensor> = parts
+                            .iter()
+                            .map(|p| p.narrow(0, i, 1))
+                            .collect::<Result<_>>()?;
+                        let refs: Vec<&Tensor> = ps.iter().collect();
+                        let r = residual.map(|r| r.narrow(0, i, 1)).transpose()?;
+                        self.forward_fused(&refs, relu, r.as_ref())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&outs, 0)
+            }
+            ConvImpl::Cpu(_) => {
+                candle_core::bail!("CPU conv weights need f32 NCHW inputs on the CPU")
+            }
             ConvImpl::Candle(conv) => {
                 let xs = cat_channels(parts)?;
                 let mut ys = conv.forward(&xs)?;
@@ -284,6 +302,15 @@ mod tests {
             let diff = max_abs_diff(&got, &want)?;
             assert!(diff <= 1e-4, "dilation {d}: {diff}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn batch_runs_image_by_image() -> Result<()> {
+        let (conv, wt, b) = random_conv(6, 20, 3, 2, 1)?;
+        let xs = Tensor::randn(0f32, 1., (2, 6, 13, 17), &Device::Cpu)?;
+        let diff = max_abs_diff(&conv.forward(&xs)?, &reference(&xs, &wt, &b, 2, 1)?)?;
+        assert!(diff <= 1e-4, "{diff}");
         Ok(())
     }
 
