@@ -6,6 +6,7 @@
 //! swapped in without touching the networks.
 
 pub mod isnet;
+pub mod kernels;
 pub mod ops;
 pub mod rsu;
 pub mod u2net;

@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ConvSpec;
-use super::ops::{Conv, cat_channels, max_pool_ceil, upsample_like};
+use super::ops::{Conv, max_pool_ceil, upsample_like};
 
 /// The shape of one RSU block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +146,11 @@ impl Rsu {
     }
 }
 
-impl Module for Rsu {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hxin = self.conv_in.forward_relu(xs)?;
+impl Rsu {
+    /// The block on the channel concatenation of `parts` (decoder stages take the upsampled
+    /// deeper output and the encoder skip without concatenating them first).
+    pub fn forward_parts(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let hxin = self.conv_in.forward_fused(parts, true, None)?;
         let height = self.encoder.len();
         // Encoder: hx1..hx{L-1}, pooling between levels (RSU-L) or not (RSU-4F).
         let mut skips: Vec<Tensor> = Vec::with_capacity(height);
@@ -162,16 +164,25 @@ impl Module for Rsu {
         }
         // Bottom: dilated conv on the last level, no pooling before it.
         let mut d = self.encoder[height - 1].forward_relu(&hx)?;
-        // Decoder: concat with the skip of the same level, conv, upsample to the level above.
-        for (conv, skip) in self.decoder.iter().zip(skips.iter().rev()) {
+        // Decoder: concat with the skip of the same level, conv, upsample to the level above;
+        // the last conv adds `hxin` (the block's residual) in its epilogue.
+        let last = self.decoder.len() - 1;
+        for (i, (conv, skip)) in self.decoder.iter().zip(skips.iter().rev()).enumerate() {
             let up = if self.pooled {
                 upsample_like(&d, skip)?
             } else {
                 d
             };
-            d = conv.forward_relu(&cat_channels(&[&up, skip])?)?;
+            let residual = (i == last).then_some(&hxin);
+            d = conv.forward_fused(&[&up, skip], true, residual)?;
         }
-        d + hxin
+        Ok(d)
+    }
+}
+
+impl Module for Rsu {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_parts(&[xs])
     }
 }
 

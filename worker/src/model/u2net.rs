@@ -8,7 +8,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops::{Conv, cat_channels, max_pool_ceil, upsample_like};
+use super::ops::{Conv, max_pool_ceil, upsample_like};
 use super::rsu::{Rsu, StageSpec, rsu, rsu4f};
 use super::{Arch, ConvSpec};
 
@@ -139,7 +139,7 @@ pub(super) fn encode_decode(encoder: &[Rsu], decoder: &[Rsu], xs: &Tensor) -> Re
     let mut d = hx;
     for (stage, skip) in decoder.iter().zip(enc[..5].iter().rev()) {
         let up = upsample_like(&d, skip)?;
-        d = stage.forward(&cat_channels(&[&up, skip])?)?;
+        d = stage.forward_parts(&[&up, skip])?;
         outs.push(d.clone());
     }
     outs.reverse();
@@ -155,7 +155,7 @@ impl Module for U2Net {
             ds.push(upsample_like(&side.forward(feat)?, &d1)?);
         }
         let refs: Vec<&Tensor> = ds.iter().collect();
-        let d0 = self.outconv.forward(&cat_channels(&refs)?)?;
+        let d0 = self.outconv.forward_fused(&refs, false, None)?;
         candle_nn::ops::sigmoid(&d0)
     }
 }
