@@ -178,17 +178,17 @@ fn cloud_store(url: &str, scheme: &'static str) -> Result<Arc<dyn ObjectStore>, 
                 .build()?;
             Ok(with_prefix(store, prefix))
         }
+        #[cfg(not(feature = "s3"))]
         "s3" => Err(StorageError::FeatureDisabled {
             scheme: "s3",
             feature: "s3",
         }),
-        _ => {
-            let _ = url;
-            Err(StorageError::FeatureDisabled {
-                scheme: "gs",
-                feature: "gcs",
-            })
-        }
+        #[cfg(not(feature = "gcs"))]
+        "gs" => Err(StorageError::FeatureDisabled {
+            scheme: "gs",
+            feature: "gcs",
+        }),
+        other => Err(StorageError::UnsupportedUrl(format!("{other}: {url}"))),
     }
 }
 
