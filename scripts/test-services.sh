@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install and start the real servers the tests use: PostgreSQL (Debian's cluster, a `backless`
-# role that may create databases) and Redis (the tests start their own redis-server processes, so
-# only the package is needed). Prints the `export` line for the Postgres URL; scripts/test.sh
-# evaluates it.
+# role that may create databases), Redis (the tests start their own redis-server processes, so
+# only the package is needed) and s3s-fs, an S3-protocol server (cargo install, cached under
+# $BACKLESS_CACHE/tools). Prints `export` lines naming them; scripts/test.sh evaluates them.
 #
 #   eval "$(scripts/test-services.sh)"
 set -euo pipefail
@@ -38,3 +38,11 @@ as_root su postgres -c "psql -At -p $port -c \"SELECT datname FROM pg_database W
     while read -r db; do as_root su postgres -c "dropdb -p $port --if-exists $db" >&2; done
 
 echo "export BACKLESS_TEST_POSTGRES_URL=postgres://backless:backless@127.0.0.1:$port/postgres"
+
+# s3s-fs 0.14 is the newest that builds with this toolchain (1.95).
+tools="${BACKLESS_CACHE:-$(cd "$(dirname "$0")/.." && pwd)/.cache}/tools"
+if [ ! -x "$tools/bin/s3s-fs" ]; then
+    log "installing s3s-fs (cargo install, about 2 minutes)"
+    cargo install --quiet --locked s3s-fs@0.14.1 --features binary --root "$tools" >&2
+fi
+echo "export BACKLESS_TEST_S3FS=$tools/bin/s3s-fs"

@@ -14,7 +14,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Python packages for the conformance tests (official Cloud Tasks client)"
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 
-step "PostgreSQL and Redis (real servers for the production-backend tests)"
+step "PostgreSQL, Redis and s3s-fs (real servers for the production-backend tests)"
 eval "$(scripts/test-services.sh)"
 
 step "Formatting"
@@ -28,6 +28,9 @@ WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/fetch-models
 
 step "Tests"
 cargo test --workspace --no-fail-fast "$@"
+
+step "S3 storage against a real S3-protocol server (s3s-fs)"
+cargo test -p backless-common --features s3 --test s3 "$@"
 
 step "Browser tests (Debian Chromium, playwright-core)"
 BACKLESS_WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/test-browser.sh
