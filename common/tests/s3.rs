@@ -48,7 +48,7 @@ fn s3_round_trip_against_a_real_server() {
         std::env::set_var("AWS_ALLOW_HTTP", "true");
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let storage = Storage::from_url("s3://backless-test/images").unwrap();
         let id = backless_common::db::new_job_id();
         let photo: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -93,5 +93,4 @@ fn s3_round_trip_against_a_real_server() {
     });
     let _ = server.kill();
     let _ = server.wait();
-    result
 }
