@@ -8,24 +8,26 @@ use backless_common::events::{Events, InProcessEvents};
 use backless_emulator::{Emulator, EmulatorConfig};
 use futures::StreamExt;
 
-struct Stack {
-    web: String,
-    worker: String,
-    worker_state: Arc<backless_worker::server::State>,
-    dir: tempfile::TempDir,
+pub(crate) struct Stack {
+    pub(crate) web: String,
+    pub(crate) worker: String,
+    pub(crate) issuer: String,
+    pub(crate) worker_state: Arc<backless_worker::server::State>,
+    pub(crate) dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-async fn start() -> Stack {
+/// Emulator (as `emulator` configures it), worker and web on embedded defaults in a temp dir,
+/// sharing one in-process event bus; `extra` configures both services.
+pub(crate) async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)]) -> Stack {
     assert!(crate::weights_present("u2netp"));
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let emulator = Emulator::start(listener, EmulatorConfig::default())
-        .await
-        .unwrap();
-    let common = vec![
+    let emulator = Emulator::start(listener, emulator).await.unwrap();
+    let issuer = emulator.issuer().to_string();
+    let mut pairs: Vec<(String, String)> = vec![
         (
-            "BACKLESS_DATABASE_URL".to_string(),
+            "BACKLESS_DATABASE_URL".into(),
             format!("sqlite://{}/backless.db?mode=rwc", dir.path().display()),
         ),
         (
@@ -33,7 +35,6 @@ async fn start() -> Stack {
             format!("file://{}/objects", dir.path().display()),
         ),
         ("BACKLESS_TASKS_ENDPOINT".into(), emulator.url()),
-        ("BACKLESS_GRACE".into(), "1s".into()),
         (
             "BACKLESS_MODELS_DIR".into(),
             crate::models_dir().display().to_string(),
@@ -42,11 +43,12 @@ async fn start() -> Stack {
         ("BACKLESS_WEB_ADDR".into(), "127.0.0.1:0".into()),
         ("BACKLESS_SSE_KEEP_ALIVE".into(), "200ms".into()),
         ("BACKLESS_SSE_POLL".into(), "200ms".into()),
+        ("BACKLESS_PUSH_OIDC_ISSUER".into(), issuer.clone()),
     ];
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let events: Arc<dyn Events> = Arc::new(InProcessEvents::default());
-    let worker_cfg = backless_worker::config::WorkerConfig::from_pairs(common.clone()).unwrap();
     let worker = backless_worker::server::App::build_with(
-        worker_cfg,
+        backless_worker::config::WorkerConfig::from_pairs(pairs.clone()).unwrap(),
         backless_worker::server::Components {
             events: Some(Arc::clone(&events)),
             ..Default::default()
@@ -55,10 +57,9 @@ async fn start() -> Stack {
     .await
     .unwrap();
     let worker_url = format!("http://{}", worker.addr());
-    let mut web_pairs = common;
-    web_pairs.push(("BACKLESS_WORKER_URL".into(), worker_url.clone()));
+    pairs.push(("BACKLESS_WORKER_URL".into(), worker_url.clone()));
     let web = backless_web::App::build_with(
-        backless_web::WebConfig::from_pairs(web_pairs).unwrap(),
+        backless_web::WebConfig::from_pairs(pairs).unwrap(),
         backless_web::Components {
             events: Some(events),
             ..Default::default()
@@ -81,10 +82,15 @@ async fn start() -> Stack {
     Stack {
         web: web_url,
         worker: worker_url,
+        issuer,
         worker_state,
         dir,
         _stop: tx,
     }
+}
+
+async fn start() -> Stack {
+    start_with(EmulatorConfig::default(), &[("BACKLESS_GRACE", "1s")]).await
 }
 
 async fn upload(client: &reqwest::Client, stack: &Stack, bytes: Vec<u8>) -> reqwest::Response {

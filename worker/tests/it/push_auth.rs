@@ -1,103 +1,25 @@
 //! The push endpoint accepts only the queue: OIDC tokens signed by our emulator (verified against
 //! its JWKS) or the shared secret; everything else gets 401 and changes nothing.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backless_common::events::{Events, InProcessEvents};
-use backless_emulator::{Emulator, EmulatorConfig, OidcKey};
+use backless_emulator::{EmulatorConfig, OidcKey};
 
-use crate::e2e::follow;
+use crate::e2e::{Stack, follow, start_with};
 
 const SA: &str = "pusher@proj.iam.gserviceaccount.com";
 const AUD: &str = "https://worker.backless.test";
 
-struct Stack {
-    web: String,
-    worker: String,
-    issuer: String,
-    worker_state: Arc<backless_worker::server::State>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
-/// Emulator (signing with `key`), worker and web; `extra` configures both services.
+/// The stack with the emulator signing with `key`.
 async fn start(key: OidcKey, extra: &[(&str, &str)]) -> Stack {
-    assert!(crate::weights_present("u2netp"));
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let emulator = Emulator::start(
-        listener,
+    start_with(
         EmulatorConfig {
             key: Some(key),
             ..EmulatorConfig::default()
         },
+        extra,
     )
     .await
-    .unwrap();
-    let issuer = emulator.issuer().to_string();
-    let mut pairs: Vec<(String, String)> = vec![
-        (
-            "BACKLESS_DATABASE_URL".into(),
-            format!("sqlite://{}/backless.db?mode=rwc", dir.path().display()),
-        ),
-        (
-            "BACKLESS_STORAGE_URL".into(),
-            format!("file://{}/objects", dir.path().display()),
-        ),
-        ("BACKLESS_TASKS_ENDPOINT".into(), emulator.url()),
-        (
-            "BACKLESS_MODELS_DIR".into(),
-            crate::models_dir().display().to_string(),
-        ),
-        ("BACKLESS_WORKER_ADDR".into(), "127.0.0.1:0".into()),
-        ("BACKLESS_WEB_ADDR".into(), "127.0.0.1:0".into()),
-        ("BACKLESS_SSE_KEEP_ALIVE".into(), "200ms".into()),
-        ("BACKLESS_SSE_POLL".into(), "200ms".into()),
-        ("BACKLESS_PUSH_OIDC_ISSUER".into(), issuer.clone()),
-    ];
-    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let events: Arc<dyn Events> = Arc::new(InProcessEvents::default());
-    let worker = backless_worker::server::App::build_with(
-        backless_worker::config::WorkerConfig::from_pairs(pairs.clone()).unwrap(),
-        backless_worker::server::Components {
-            events: Some(Arc::clone(&events)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let worker_url = format!("http://{}", worker.addr());
-    pairs.push(("BACKLESS_WORKER_URL".into(), worker_url.clone()));
-    let web = backless_web::App::build_with(
-        backless_web::WebConfig::from_pairs(pairs).unwrap(),
-        backless_web::Components {
-            events: Some(events),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let web_url = format!("http://{}", web.addr());
-    let worker_state = worker.state();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    tokio::spawn(worker.run_until_stopped(stopped(rx.clone())));
-    tokio::spawn(web.run_until_stopped(stopped(rx.clone())));
-    tokio::spawn(async move {
-        stopped(rx).await;
-        emulator.shutdown().await;
-    });
-    Stack {
-        web: web_url,
-        worker: worker_url,
-        issuer,
-        worker_state,
-        _dir: dir,
-        _stop: tx,
-    }
 }
 
 /// Upload the fixture and follow it to the end; returns (job id, stages).
