@@ -12,6 +12,8 @@ pub(crate) struct Stack {
     pub(crate) web: String,
     pub(crate) worker: String,
     pub(crate) issuer: String,
+    /// The emulator's base URL (REST).
+    pub(crate) emulator: String,
     pub(crate) worker_state: Arc<backless_worker::server::State>,
     pub(crate) dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -25,6 +27,7 @@ pub(crate) async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)])
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let emulator = Emulator::start(listener, emulator).await.unwrap();
     let issuer = emulator.issuer().to_string();
+    let emulator_url = emulator.url();
     let mut pairs: Vec<(String, String)> = vec![
         (
             "BACKLESS_DATABASE_URL".into(),
@@ -83,6 +86,7 @@ pub(crate) async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)])
         web: web_url,
         worker: worker_url,
         issuer,
+        emulator: emulator_url,
         worker_state,
         dir,
         _stop: tx,
@@ -151,6 +155,14 @@ fn walkdir_count(dir: &std::path::Path) -> usize {
 async fn upload_to_cut_out_to_deletion() {
     let stack = start().await;
     let client = reqwest::Client::new();
+    // The queue is held until the watcher is connected, so every live stage reaches it (else the
+    // worker may publish its first stages before the stream subscribes).
+    let queue = format!(
+        "{}/v2/projects/dev/locations/local/queues/backless",
+        stack.emulator
+    );
+    let paused = client.post(format!("{queue}:pause")).send().await.unwrap();
+    assert!(paused.status().is_success(), "{}", paused.status());
     let photo = std::fs::read(crate::fixture("fixtures/photos/astronaut.png")).unwrap();
     let resp = upload(&client, &stack, photo).await;
     assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
@@ -161,7 +173,29 @@ async fn upload_to_cut_out_to_deletion() {
 
     // Live progress over SSE, through the emulator's push to the worker, to `done`.
     let events = format!("{}/v1/jobs/{id}/events", stack.web);
-    let stages = follow(&client, &events, &token).await;
+    let watcher = tokio::spawn({
+        let (client, events, token) = (client.clone(), events.clone(), token.clone());
+        async move { follow(&client, &events, &token).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = client
+            .get(format!("{}/metrics", stack.web))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("backless_web_sse_connections 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watcher never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resumed = client.post(format!("{queue}:resume")).send().await.unwrap();
+    assert!(resumed.status().is_success(), "{}", resumed.status());
+    let stages = watcher.await.unwrap();
     assert_eq!(
         stages.last().map(String::as_str),
         Some("done"),
