@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod limits;
+pub mod ops;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

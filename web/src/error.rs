@@ -36,6 +36,8 @@ pub enum WebError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error(transparent)]
+    InvalidPipeline(backless_common::ops::OpsError),
+    #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -149,6 +151,7 @@ impl From<WebError> for ErrorResponse {
                 R::BadRequest(body("invalid_option", format!("{field}: {reason}")))
             }
             WebError::InvalidRequest(m) => R::BadRequest(body("invalid_request", m)),
+            WebError::InvalidPipeline(e) => R::BadRequest(body(e.code(), e.to_string())),
             e @ (WebError::Db(_) | WebError::Storage(_) | WebError::Events(_)) => {
                 tracing::error!(error = %e, "internal error");
                 R::Internal(body(

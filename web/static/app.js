@@ -7,7 +7,21 @@
 import { DEFAULT_LIMITS, checkFile, formatBytes, formatMegapixels } from './checks.js';
 
 const $ = (id) => document.getElementById(id);
-const STAGES = ['uploaded', 'queued', 'received', 'segmenting', 'compositing', 'stored', 'done'];
+/** Every stage the server names; operation stages sit between `received` and `stored`. */
+const STAGES = ['uploaded', 'queued', 'received', 'segmenting', 'compositing', 'cropping', 'resizing',
+  'thumbnailing', 'watermarking', 'filtering', 'encoding', 'stored', 'done'];
+/** Event ids (`seq`) of the stages outside the operations; operation i starts at 10 + 2i. */
+const FIXED_SEQ = { uploaded: 1, queued: 2, received: 3, stored: 40, done: 41 };
+/** What each operation's stage is called on the page. */
+const OP_STAGES = {
+  remove_background: [['segmenting', 'Finding the subject'], ['compositing', 'Removing the background']],
+  crop_to_subject: [['cropping', 'Cropping to the subject']],
+  resize: [['resizing', 'Resizing']],
+  thumbnail: [['thumbnailing', 'Making the thumbnail']],
+  watermark: [['watermarking', 'Adding the watermark']],
+  filter: [['filtering', 'Applying the filter']],
+  encode: [['encoding', 'Encoding']],
+};
 /** Chrome allows six HTTP/1.1 connections per host; each job holds one for its event stream. */
 const MAX_AT_ONCE = 4;
 
@@ -57,13 +71,29 @@ function setMessage(el, lines) {
 function chosenOptions() {
   const format = $('opt-format').value;
   const solid = $('opt-solid').checked || format === 'jpeg';
-  return {
-    model: $('opt-model').value,
-    format,
-    mask_only: $('opt-mask').checked,
-    crop: $('opt-crop').checked,
-    bg_color: solid && !$('opt-mask').checked ? $('opt-color').value : null,
-  };
+  const remove = $('opt-task').value === 'remove';
+  const mask = $('opt-mask').checked;
+  const bg = solid && !mask ? $('opt-color').value : null;
+  const width = parseInt($('opt-width').value, 10);
+  const filter = $('opt-filter').value;
+  const text = $('opt-watermark').value.trim();
+  if (remove && !width && !filter && !text) {
+    return { model: $('opt-model').value, format, mask_only: mask, crop: $('opt-crop').checked, bg_color: bg };
+  }
+  // Anything more is a pipeline of operations (the `op` form fields).
+  const op = [];
+  if (remove) {
+    let rb = `remove_background:model=${$('opt-model').value}`;
+    if (mask) rb += ',mask_only=true';
+    if (bg) rb += `,bg_color=${bg}`;
+    op.push(rb);
+    if ($('opt-crop').checked) op.push('crop_to_subject');
+  }
+  if (filter) op.push(`filter:${filter}`);
+  if (width > 0) op.push(`resize:width=${width}`);
+  if (text) op.push(`watermark:text=${text},position=bottom_right,opacity=0.6`);
+  op.push(`encode:format=${format}`);
+  return { op };
 }
 
 function updateTitle() {
@@ -91,6 +121,7 @@ class Job {
     this.source = null;
     this.view = 'waiting';
     this.stage = null;
+    this.seq = 0;           // event id of the stage shown as current
     this.t0 = Date.now();   // when the upload began, kept in step with the server's elapsed_ms
     this.uploadMs = 0;      // how long the upload took (the server's clock starts after it)
     this.timer = null;
@@ -136,31 +167,53 @@ class Job {
 
   stopTimer() { clearInterval(this.timer); this.timer = null; this.tick(); }
 
-  /** Show `stage` as current; earlier stages as done. Stages never go backwards. */
-  mark(stage, elapsedMs) {
-    const idx = STAGES.indexOf(stage);
-    if (idx < 0) return;
+  /** The progress list for the job's operations, from the pipeline the server recorded. */
+  buildStages(pipeline) {
+    const list = this.q('.stages');
+    for (const li of list.querySelectorAll('[data-op]')) li.remove();
+    const stored = list.querySelector('[data-stage="stored"]');
+    (pipeline || []).forEach((text, i) => {
+      const name = text.split(':')[0];
+      (OP_STAGES[name] || []).forEach(([stage, label], sub) => {
+        const li = document.createElement('li');
+        li.dataset.stage = stage;
+        li.dataset.seq = String(10 + 2 * i + sub);
+        li.dataset.op = name;
+        if (name === 'encode') label += ' as ' + (text.match(/format=(\w+)/) || [, 'PNG'])[1].toUpperCase();
+        if (name === 'filter') label += ' (' + text.slice(7).split('=')[0] + ')';
+        li.innerHTML = '<span class="stage-label"></span> <span class="stage-time"></span>';
+        li.querySelector('.stage-label').textContent = label;
+        list.insertBefore(li, stored);
+      });
+    });
+  }
+
+  /** Show the stage with event id `seq` as current; earlier ones as done. Never goes backwards. */
+  mark(stage, elapsedMs, seq) {
+    if (seq === undefined) seq = FIXED_SEQ[stage];
+    const li = this.q(`.stages [data-seq="${seq}"]`);
+    if (!li) return;
     if (typeof elapsedMs === 'number') {
       // The server counts from the job's creation, i.e. the end of the upload; the page counts
       // from when the upload began.
       const ms = elapsedMs + this.uploadMs;
       this.t0 = Date.now() - ms;
-      const li = this.q(`[data-stage="${stage}"]`);
       if (li.dataset.seen !== 'true') {
         li.querySelector('.stage-time').textContent = (ms / 1000).toFixed(1) + ' s';
         li.dataset.seen = 'true';
       }
     }
-    if (this.stage && STAGES.indexOf(this.stage) > idx) return;
+    if (this.seq && this.seq > seq) return;
+    this.seq = seq;
     this.stage = stage;
-    for (const li of this.q('.stages').children) {
-      const i = STAGES.indexOf(li.dataset.stage);
-      const done = i < idx || stage === 'done';
-      li.classList.toggle('done', done);
-      li.classList.toggle('active', i === idx && !done);
-      if (i === idx) li.setAttribute('aria-current', 'step'); else li.removeAttribute('aria-current');
+    for (const item of this.q('.stages').children) {
+      const s = Number(item.dataset.seq);
+      const done = s < seq || stage === 'done';
+      item.classList.toggle('done', done);
+      item.classList.toggle('active', s === seq && !done);
+      if (s === seq) item.setAttribute('aria-current', 'step'); else item.removeAttribute('aria-current');
     }
-    const label = this.q(`[data-stage="${stage}"] .stage-label`).textContent;
+    const label = li.querySelector('.stage-label').textContent;
     this.announce(`${this.displayName}: ${label}`);
   }
 
@@ -173,7 +226,8 @@ class Job {
     const fd = new FormData();
     fd.append('file', this.file, this.file.name || 'pasted.png');
     for (const [k, v] of Object.entries(this.options)) {
-      if (v !== null && v !== undefined) fd.append(k, String(v));
+      if (Array.isArray(v)) for (const item of v) fd.append(k, item);
+      else if (v !== null && v !== undefined) fd.append(k, String(v));
     }
     fd.append('name', this.displayName);
     for (let attempt = 0; ; attempt++) {
@@ -194,6 +248,7 @@ class Job {
         this.job = (await res.json()).job;
         this.el.dataset.jobId = this.job.id;
         this.uploadMs = Date.now() - this.t0;
+        this.buildStages(this.job.pipeline);
         this.mark('uploaded', 0);
         this.listen();
         return;
@@ -251,7 +306,7 @@ class Job {
       if (this.view === 'result') return; // already have the result; the server let it go
       return this.fail(data.error_code, data.message || 'Processing failed.', data.elapsed_ms);
     }
-    this.mark(data.stage, data.elapsed_ms);
+    this.mark(data.stage, data.elapsed_ms, data.seq);
     if (data.stage === 'done' && this.view === 'waiting' && !this.fetching) this.finish();
   }
 
@@ -440,10 +495,12 @@ function offerNotifications() {
 /** Options that cannot apply together are disabled, and say so. */
 function syncOptions() {
   const jpeg = $('opt-format').value === 'jpeg';
-  const mask = $('opt-mask').checked;
+  const edit = $('opt-task').value === 'edit';
+  for (const id of ['opt-model', 'opt-crop', 'opt-mask']) $(id).disabled = edit;
+  const mask = $('opt-mask').checked && !edit;
   if (jpeg && $('opt-transparent').checked) $('opt-solid').checked = true;
   $('opt-transparent').disabled = jpeg;
-  $('opt-bg').disabled = mask;
+  $('opt-bg').disabled = mask || edit;
   $('opt-color').disabled = mask || !$('opt-solid').checked;
 }
 
@@ -510,7 +567,7 @@ function init() {
       accept(files, generic ? 'pasted-image' : undefined);
     }
   });
-  for (const id of ['opt-format', 'opt-mask', 'opt-transparent', 'opt-solid']) $(id).addEventListener('change', syncOptions);
+  for (const id of ['opt-task', 'opt-format', 'opt-mask', 'opt-transparent', 'opt-solid']) $(id).addEventListener('change', syncOptions);
   $('again').addEventListener('click', startOver);
   $('notify').addEventListener('click', async () => {
     try { await Notification.requestPermission(); } catch (_) { /* old API shape */ }

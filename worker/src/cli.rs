@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use backless_common::limits::ImageLimits;
+use backless_common::ops::Pipeline;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Arch, Segmenter};
@@ -24,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Remove the background of image files or folders of images.
     Remove(RemoveArgs),
+    /// Run a pipeline of operations (resize, thumbnail, watermark, filters, background removal,
+    /// encode) on image files or folders of images.
+    Process(ProcessArgs),
     /// Manage model weights.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -34,6 +38,9 @@ pub enum Command {
     Dev,
     /// Time the model on one photo (see scripts/bench-model.sh, which compares with onnxruntime).
     Bench(BenchArgs),
+    /// Time each image operation on one photo (see scripts/bench-ops.sh, which compares with
+    /// Pillow).
+    BenchOps(BenchOpsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +53,31 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
 }
+
+#[derive(Debug, Args)]
+pub struct BenchOpsArgs {
+    /// The photo (decoded once; each operation then runs on a fresh copy).
+    pub photo: PathBuf,
+    /// Timed runs of each operation (the median is printed).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
+/// The operations `bench-ops` times, by the names scripts/bench_ops_pillow.py uses for the same
+/// work in Pillow.
+pub const BENCH_OPS: [(&str, &str); 11] = [
+    ("resize_1200", "resize:width=1200"),
+    ("thumbnail_256", "thumbnail:size=256"),
+    ("watermark", "watermark:text=BackLess sample,opacity=0.6"),
+    ("grayscale", "filter:grayscale"),
+    ("blur_2", "filter:blur=2"),
+    ("sharpen_1", "filter:sharpen=1"),
+    ("brightness_1.3", "filter:brightness=1.3"),
+    ("contrast_1.3", "filter:contrast=1.3"),
+    ("encode_png", "encode:format=png"),
+    ("encode_jpeg_90", "encode:format=jpeg,quality=90"),
+    ("encode_webp_lossless", "encode:format=webp"),
+];
 
 #[derive(Debug, Args)]
 pub struct ModelSelection {
@@ -85,6 +117,27 @@ pub struct RemoveArgs {
     /// Pixels kept around the subject when cropping.
     #[arg(long, default_value_t = 0)]
     pub crop_margin: u32,
+    /// Largest accepted image, in megapixels.
+    #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
+    pub max_megapixels: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Image files or folders (searched recursively).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Folder for the results (created if missing).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// An operation, in order; repeat for a pipeline. For example
+    /// `--op remove_background --op resize:width=800 --op watermark:text=Shop --op encode:format=webp`,
+    /// `--op thumbnail:size=256`, `--op filter:blur=2.5`. See docs/api.md for every parameter.
+    #[arg(long = "op", required = true)]
+    pub ops: Vec<String>,
+    /// Folder holding `<model>.safetensors` and `<model>.json` (for remove_background).
+    #[arg(long, env = "BACKLESS_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
     /// Largest accepted image, in megapixels.
     #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
     pub max_megapixels: f64,
@@ -149,29 +202,63 @@ pub fn collect_inputs(inputs: &[PathBuf], ext: &str) -> Vec<(PathBuf, PathBuf)> 
     files
 }
 
-fn process_one(
-    seg: &Segmenter,
-    input: &Path,
+/// Process each `(input, relative output)` with `one`, reporting progress on a terminal; a
+/// failed file is reported and the batch goes on. Exit code 1 if any file failed.
+fn batch(
+    files: &[(PathBuf, PathBuf)],
     output: &Path,
-    limits: &ImageLimits,
-    opts: &OutputOptions,
-) -> anyhow::Result<()> {
-    let bytes = std::fs::read(input)?;
-    let out = remove_background(seg, &bytes, limits, opts, |_, _| {})?;
-    if let Some(parent) = output.parent() {
-        std::fs::create_dir_all(parent)?;
+    one: impl Fn(&[u8]) -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(output)?;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}")
+            .expect("valid template"),
+    );
+    let mut failed = 0usize;
+    for (input, rel) in files {
+        bar.set_message(input.display().to_string());
+        let target = output.join(rel);
+        let result = std::fs::read(input)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| one(&bytes))
+            .and_then(|out| {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                Ok(std::fs::write(&target, out)?)
+            });
+        if let Err(e) = result {
+            failed += 1;
+            bar.suspend(|| eprintln!("error: {}: {e:#}", input.display()));
+        }
+        bar.inc(1);
     }
-    std::fs::write(output, out.bytes)?;
-    Ok(())
+    bar.finish_and_clear();
+    eprintln!(
+        "{} of {} file(s) done, {failed} failed; results in {}",
+        files.len() - failed,
+        files.len(),
+        output.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn limits(max_megapixels: f64) -> ImageLimits {
+    ImageLimits {
+        max_pixels: (max_megapixels * 1e6) as u64,
+        ..ImageLimits::default()
+    }
 }
 
 pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let device = crate::model::default_device()?;
     let seg = Segmenter::load(&args.model.models_dir, &args.model.model, &device)?;
-    let limits = ImageLimits {
-        max_pixels: (args.max_megapixels * 1e6) as u64,
-        ..ImageLimits::default()
-    };
+    let limits = limits(args.max_megapixels);
     let opts = OutputOptions {
         format: args.format,
         mask_only: args.mask_only,
@@ -187,33 +274,37 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         args.format.extension()
     };
     let files = collect_inputs(&args.inputs, ext);
-    std::fs::create_dir_all(&args.output)?;
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}")
-            .expect("valid template"),
-    );
-    let mut failed = 0usize;
-    for (input, rel) in &files {
-        bar.set_message(input.display().to_string());
-        let target = args.output.join(rel);
-        if let Err(e) = process_one(&seg, input, &target, &limits, &opts) {
-            failed += 1;
-            bar.suspend(|| eprintln!("error: {}: {e:#}", input.display()));
+    batch(&files, &args.output, |bytes| {
+        Ok(remove_background(&seg, bytes, &limits, &opts, |_, _| {})?.bytes)
+    })
+}
+
+/// `worker process`: the same pipelines jobs run, on files.
+pub fn process(args: ProcessArgs) -> anyhow::Result<ExitCode> {
+    let models: Vec<String> = backless_common::db::job::MODELS
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    let pipeline =
+        Pipeline::parse(&args.ops, &models).map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let segmenter = match pipeline.model() {
+        Some(name) => {
+            let device = crate::model::default_device()?;
+            Some(Segmenter::load(&args.models_dir, name, &device)?)
         }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    eprintln!(
-        "{} of {} file(s) done, {failed} failed; results in {}",
-        files.len() - failed,
-        files.len(),
-        args.output.display()
-    );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        None => None,
+    };
+    let limits = limits(args.max_megapixels);
+    let files = collect_inputs(&args.inputs, pipeline.format().extension());
+    batch(&files, &args.output, |bytes| {
+        let out = crate::ops::run(
+            pipeline.operations(),
+            bytes,
+            &limits,
+            segmenter.as_ref(),
+            |_| {},
+        )?;
+        Ok(out.bytes)
     })
 }
 
@@ -289,6 +380,41 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One JSON line per operation: the median time over `runs`, single-threaded like Pillow.
+pub fn bench_ops(args: BenchOpsArgs) -> anyhow::Result<ExitCode> {
+    use backless_common::ops::Operation;
+    use std::time::Instant;
+    let bytes = std::fs::read(&args.photo)?;
+    let limits = ImageLimits::default();
+    let mut decode_ms = Vec::new();
+    let mut img = None;
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        img = Some(crate::pipeline::decode(&bytes, &limits)?);
+        decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let img = img.expect("decoded at least once");
+    let line = |name: &str, ms: f64| {
+        println!(
+            "{}",
+            serde_json::json!({"tool": "backless", "op": name, "ms": ms, "width": img.width(), "height": img.height()})
+        );
+    };
+    line("decode_jpeg", median(decode_ms));
+    for (name, text) in BENCH_OPS {
+        let op: Operation = text.parse().map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
+        let mut times = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let mut work = crate::ops::Work::new(img.clone());
+            let t = Instant::now();
+            crate::ops::apply(&mut work, &op, None, &mut |_| {})?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        line(name, median(times));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -309,7 +435,9 @@ pub fn serve() -> anyhow::Result<ExitCode> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Remove(args) => remove(args),
+        Command::Process(args) => process(args),
         Command::Bench(args) => bench(args),
+        Command::BenchOps(args) => bench_ops(args),
         Command::Serve => serve(),
         #[cfg(feature = "dev")]
         Command::Dev => runtime()?

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod ops;
 pub mod pipeline;
 pub mod resample;
 pub mod server;

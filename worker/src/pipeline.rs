@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use backless_common::db::OutputFormat;
 use backless_common::limits::{ImageLimits, LimitError};
@@ -12,7 +12,10 @@ use candle_core::Tensor;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 
+use backless_common::ops::Operation;
+
 use crate::model::{ModelError, ModelInfo, ResizeFilter, Segmenter};
+use crate::ops::Progress;
 use crate::resample::{self, Filter};
 
 /// Why an image could not be turned into a result. Everything but `Model` is the input's fault:
@@ -35,6 +38,10 @@ pub enum PipelineError {
     Encode(#[source] image::ImageError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("no segmentation model is loaded for remove_background")]
+    ModelMissing,
+    #[error("{0}")]
+    Operation(String),
 }
 
 impl PipelineError {
@@ -49,12 +56,14 @@ impl PipelineError {
             PipelineError::JpegNeedsBackground => "jpeg_needs_background",
             PipelineError::Encode(_) => "encode_failed",
             PipelineError::Model(_) => "model_failed",
+            PipelineError::ModelMissing => "model_unavailable",
+            PipelineError::Operation(_) => "operation_failed",
         }
     }
 
     /// True when retrying the same input cannot help.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, PipelineError::Model(_))
+        !matches!(self, PipelineError::Model(_) | PipelineError::ModelMissing)
     }
 }
 
@@ -364,7 +373,30 @@ pub fn encode(img: &DynamicImage, format: OutputFormat) -> Result<Vec<u8>, Pipel
     Ok(buf.into_inner())
 }
 
-/// The whole pipeline on one file; `on_stage` hears each stage as it ends, with its duration.
+impl OutputOptions {
+    /// These options as a pipeline for `model`.
+    pub fn operations(&self, model: &str) -> Vec<Operation> {
+        let mut ops = vec![Operation::RemoveBackground {
+            model: model.to_string(),
+            mask_only: self.mask_only,
+            bg_color: self.bg_color.map(String::from),
+        }];
+        if let Some(c) = self.crop {
+            ops.push(Operation::CropToSubject {
+                threshold: c.threshold,
+                margin: c.margin,
+            });
+        }
+        ops.push(Operation::Encode {
+            format: self.format,
+            quality: None,
+        });
+        ops
+    }
+}
+
+/// Background removal on one file (the CLI's `remove`); `on_stage` hears each stage as it
+/// ends, with its duration.
 pub fn remove_background(
     segmenter: &Segmenter,
     bytes: &[u8],
@@ -375,24 +407,22 @@ pub fn remove_background(
     if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
         return Err(PipelineError::JpegNeedsBackground);
     }
-    let t = Instant::now();
-    let img = decode(bytes, limits)?;
-    on_stage(Stage::Decoded, t.elapsed());
-    let t = Instant::now();
-    let mask = segmenter.mask(&img)?;
-    on_stage(Stage::Segmented, t.elapsed());
-    let t = Instant::now();
-    let out = compose(img, &mask, opts)?;
-    on_stage(Stage::Composited, t.elapsed());
-    let t = Instant::now();
-    let bytes = encode(&out, opts.format)?;
-    on_stage(Stage::Encoded, t.elapsed());
-    Ok(Output {
-        bytes,
-        content_type: opts.format.content_type(),
-        extension: opts.format.extension(),
-        width: out.width(),
-        height: out.height(),
+    let ops = opts.operations(&segmenter.info.name);
+    let mut segmented = Duration::ZERO;
+    crate::ops::run(&ops, bytes, limits, Some(segmenter), |p| match p {
+        Progress::Decoded(took) => on_stage(Stage::Decoded, took),
+        Progress::Segmented(took) => {
+            segmented = took;
+            on_stage(Stage::Segmented, took);
+        }
+        Progress::Finished(i, took) => match ops[i] {
+            Operation::RemoveBackground { .. } => {
+                on_stage(Stage::Composited, took.saturating_sub(segmented))
+            }
+            Operation::Encode { .. } => on_stage(Stage::Encoded, took),
+            _ => {}
+        },
+        Progress::Started(_) => {}
     })
 }
 

@@ -15,9 +15,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backless_common::db::{Db, Job, JobOptions, is_valid_job_id};
+use backless_common::db::{Db, Job, is_valid_job_id};
 use backless_common::events::{Events, JobEvent, Stage};
 use backless_common::limits::ImageLimits;
+use backless_common::ops::Operation;
 use backless_common::startup::Backends;
 use backless_common::storage::{Storage, StorageError, result_key};
 use poem::http::{HeaderMap, StatusCode};
@@ -31,7 +32,7 @@ use tracing::Instrument;
 use crate::auth::PushAuth;
 use crate::config::WorkerConfig;
 use crate::model::{Segmenter, default_device};
-use crate::pipeline::{self, Crop, OutputOptions, Rgb};
+use crate::ops::{self, Progress};
 
 pub use backless_common::startup::{Components, StartError};
 
@@ -94,6 +95,16 @@ impl App {
         config: WorkerConfig,
         components: Components,
     ) -> Result<Self, StartError> {
+        Self::build_gated(config, components, None).await
+    }
+
+    /// As [`App::build_with`], but the models start loading only once `gate` receives (or its
+    /// sender is dropped): tests hold it to see what the worker does while models load.
+    pub async fn build_gated(
+        config: WorkerConfig,
+        components: Components,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Result<Self, StartError> {
         let c = &config.common;
         let Backends {
             db,
@@ -103,6 +114,9 @@ impl App {
         let (tx, rx) = watch::channel(None);
         let (dir, names) = (config.models_dir.clone(), config.models.clone());
         let loader = tokio::task::spawn_blocking(move || {
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+            }
             let started = Instant::now();
             let loaded = load_models(&dir, &names);
             match &loaded {
@@ -311,21 +325,36 @@ fn elapsed_ms(job: &Job) -> u64 {
 }
 
 async fn publish(state: &State, job: &Job, stage: Stage) {
-    let event = JobEvent::new(stage, elapsed_ms(job));
+    publish_event(state, job, JobEvent::new(stage, elapsed_ms(job))).await;
+}
+
+async fn publish_event(state: &State, job: &Job, event: JobEvent) {
+    let stage = event.stage;
     if let Err(e) = state.events.publish(&job.id, event).await {
         // Progress is best effort: the final state is in the database either way.
         tracing::warn!(error = %e, ?stage, "cannot publish progress");
     }
 }
 
-/// Options as the pipeline understands them.
-fn output_options(o: &JobOptions) -> OutputOptions {
-    OutputOptions {
-        format: o.format,
-        mask_only: o.mask_only,
-        bg_color: o.bg_color.as_deref().and_then(|c| c.parse::<Rgb>().ok()),
-        crop: o.crop.then(Crop::default),
+/// The progress stage an operation reports.
+fn op_stage(op: &Operation) -> Stage {
+    match op {
+        Operation::RemoveBackground { .. } => Stage::Segmenting,
+        Operation::CropToSubject { .. } => Stage::Cropping,
+        Operation::Resize { .. } => Stage::Resizing,
+        Operation::Thumbnail { .. } => Stage::Thumbnailing,
+        Operation::Watermark { .. } => Stage::Watermarking,
+        Operation::Filter { .. } => Stage::Filtering,
+        Operation::Encode { .. } => Stage::Encoding,
     }
+}
+
+fn observe_stage(state: &State, name: &str, took: Duration) {
+    state
+        .metrics
+        .stage_seconds
+        .with_label_values(&[name])
+        .observe(took.as_secs_f64());
 }
 
 /// Record a permanent failure and tell the watchers.
@@ -366,12 +395,16 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
     if job.state.is_final() {
         return Outcome::Finished("already finished");
     }
-    let Some(models) = state.models(Duration::from_secs(30)).await else {
-        return Outcome::Retry("models loading", 5);
-    };
-    let models = match models {
-        Ok(m) => m,
-        Err(_) => return Outcome::Retry("models unavailable", 30),
+    // Only a pipeline that removes the background waits for the models: a thumbnail runs at
+    // once even while they load.
+    let pipeline = job.options.pipeline();
+    let models = match pipeline.model() {
+        None => None,
+        Some(_) => match state.models(Duration::from_secs(30)).await {
+            None => return Outcome::Retry("models loading", 5),
+            Some(Err(_)) => return Outcome::Retry("models unavailable", 30),
+            Some(Ok(m)) => Some(m),
+        },
     };
     match state.db.try_claim(job_id, state.lease).await {
         Ok(true) => {}
@@ -389,12 +422,15 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
         }
     }
     publish(state, &job, Stage::Received).await;
-    let Some(segmenter) = models.get(&job.options.model).cloned() else {
-        let msg = format!(
-            "the model {:?} is not available on this worker",
-            job.options.model
-        );
-        return fail(state, &job, "model_unavailable", &msg).await;
+    let segmenter = match (pipeline.model(), &models) {
+        (Some(name), Some(models)) => match models.get(name) {
+            Some(seg) => Some(Arc::clone(seg)),
+            None => {
+                let msg = format!("the model {name:?} is not available on this worker");
+                return fail(state, &job, "model_unavailable", &msg).await;
+            }
+        },
+        _ => None,
     };
     let original = match state.storage.get_original(job_id).await {
         Ok(bytes) => bytes,
@@ -415,47 +451,59 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
     let Ok(_permit) = state.inference.acquire().await else {
         return retry(state, &job, "shutting down").await;
     };
-    state.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    state.metrics.model_runs.inc();
-    publish(state, &job, Stage::Segmenting).await;
+    if segmenter.is_some() {
+        state.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        state.metrics.model_runs.inc();
+    }
 
-    // Stages are heard on the blocking thread and forwarded from here.
-    let (stage_tx, mut stage_rx) = tokio::sync::mpsc::unbounded_channel();
-    let opts = output_options(&job.options);
+    // Progress is heard on the blocking thread and forwarded from here.
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
     let limits = state.limits;
+    let ops = pipeline.operations().to_vec();
     let run = tokio::task::spawn_blocking(move || {
-        pipeline::remove_background(&segmenter, &original, &limits, &opts, |stage, took| {
-            let _ = stage_tx.send((stage, took));
+        ops::run(&ops, &original, &limits, segmenter.as_deref(), |p| {
+            let _ = progress_tx.send(p);
         })
     });
-    while let Some((stage, took)) = stage_rx.recv().await {
-        tracing::info!(?stage, ms = took.as_millis() as u64, "stage finished");
-        let name = format!("{stage:?}").to_lowercase();
-        state
-            .metrics
-            .stage_seconds
-            .with_label_values(&[name.as_str()])
-            .observe(took.as_secs_f64());
-        if stage == pipeline::Stage::Segmented {
-            state
-                .metrics
-                .inference_seconds
-                .with_label_values(&[job.options.model.as_str()])
-                .observe(took.as_secs_f64());
-        }
-        if stage == pipeline::Stage::Segmented {
-            publish(state, &job, Stage::Compositing).await;
+    let ops = pipeline.operations();
+    while let Some(p) = progress_rx.recv().await {
+        match p {
+            Progress::Decoded(took) => observe_stage(state, "decode", took),
+            Progress::Started(i) => {
+                let event = JobEvent::operation(op_stage(&ops[i]), i, elapsed_ms(&job));
+                publish_event(state, &job, event).await;
+            }
+            Progress::Segmented(took) => {
+                let model = pipeline.model().unwrap_or_default();
+                state
+                    .metrics
+                    .inference_seconds
+                    .with_label_values(&[model])
+                    .observe(took.as_secs_f64());
+                let i = ops.iter().position(|op| op.name() == "remove_background");
+                let event =
+                    JobEvent::operation(Stage::Compositing, i.unwrap_or(0), elapsed_ms(&job));
+                publish_event(state, &job, event).await;
+            }
+            Progress::Finished(i, took) => {
+                tracing::info!(
+                    op = ops[i].name(),
+                    ms = took.as_millis() as u64,
+                    "operation finished"
+                );
+                observe_stage(state, ops[i].name(), took);
+            }
         }
     }
     let output = match run.await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) if e.is_permanent() => return fail(state, &job, e.code(), &e.to_string()).await,
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "inference failed");
+            tracing::error!(error = %e, "processing failed");
             return retry(state, &job, "inference").await;
         }
         Err(e) => {
-            tracing::error!(error = %e, "inference panicked");
+            tracing::error!(error = %e, "processing panicked");
             return fail(state, &job, "internal", "the image could not be processed").await;
         }
     };

@@ -4,6 +4,8 @@ use sea_orm::FromJsonQueryResult;
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::ops::Pipeline;
+
 /// Where a job is in its life. `done` and `failed` are final.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
@@ -63,6 +65,15 @@ impl OutputFormat {
         }
     }
 
+    /// The format's name as clients write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Webp => "webp",
+            Self::Jpeg => "jpeg",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "png" => Some(Self::Png),
@@ -86,7 +97,7 @@ pub const MODELS: &[&str] = &["u2netp", "u2net", "isnet"];
 pub const DEFAULT_MODEL: &str = "u2netp";
 
 /// What the client asked for, stored as JSON on the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromJsonQueryResult)]
 pub struct JobOptions {
     /// One of [`MODELS`].
     pub model: String,
@@ -97,6 +108,19 @@ pub struct JobOptions {
     pub bg_color: Option<String>,
     /// Crop the result to the subject's bounding box.
     pub crop: bool,
+    /// The operations to run, when the client gave them; otherwise the fields above describe a
+    /// plain background removal (and jobs stored before pipelines existed read the same way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+}
+
+impl JobOptions {
+    /// The operations this job runs.
+    pub fn pipeline(&self) -> Pipeline {
+        self.pipeline
+            .clone()
+            .unwrap_or_else(|| Pipeline::from_options(self))
+    }
 }
 
 impl Default for JobOptions {
@@ -107,6 +131,7 @@ impl Default for JobOptions {
             mask_only: false,
             bg_color: None,
             crop: false,
+            pipeline: None,
         }
     }
 }
@@ -127,7 +152,7 @@ pub fn normalize_color(s: &str) -> Option<String> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "job")]
 pub struct Model {
     /// 128 random bits, 32 lowercase hex digits: unguessable.

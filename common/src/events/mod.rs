@@ -25,7 +25,9 @@ use crate::db::JobState;
 mod redis;
 pub use redis::{RedisEvents, RedisOptions};
 
-/// The pipeline stages a user watches, in order.
+/// The pipeline stages a user watches, in order. Between `received` and `stored` come the
+/// job's operations, each with its own stage (a plain background removal: `segmenting`,
+/// `compositing`, `encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -35,10 +37,22 @@ pub enum Stage {
     Queued,
     /// A worker took the task (worker).
     Received,
-    /// The model is running (worker).
+    /// `remove_background`: the model is running (worker).
     Segmenting,
-    /// The mask is applied and the output encoded (worker).
+    /// `remove_background`: the mask is applied (worker).
     Compositing,
+    /// `crop_to_subject` (worker).
+    Cropping,
+    /// `resize` (worker).
+    Resizing,
+    /// `thumbnail` (worker).
+    Thumbnailing,
+    /// `watermark` (worker).
+    Watermarking,
+    /// `filter` (worker).
+    Filtering,
+    /// `encode` (worker).
+    Encoding,
     /// The result is stored (worker).
     Stored,
     /// Final: the result can be fetched.
@@ -47,17 +61,27 @@ pub enum Stage {
     Failed,
 }
 
+/// Event ids of operation stages: operation `i` starts at `OPS_SEQ + 2 * i`.
+pub const OPS_SEQ: u64 = 10;
+
 impl Stage {
-    /// Position in the pipeline (1-based); used as the SSE event id.
+    /// Position in the pipeline, used as the SSE event id. An operation's stage is placed as if
+    /// it were the job's first operation; [`JobEvent::operation`] places it at its real index.
     pub fn seq(self) -> u64 {
         match self {
             Self::Uploaded => 1,
             Self::Queued => 2,
             Self::Received => 3,
-            Self::Segmenting => 4,
-            Self::Compositing => 5,
-            Self::Stored => 6,
-            Self::Done | Self::Failed => 7,
+            Self::Compositing => OPS_SEQ + 1,
+            Self::Segmenting
+            | Self::Cropping
+            | Self::Resizing
+            | Self::Thumbnailing
+            | Self::Watermarking
+            | Self::Filtering
+            | Self::Encoding => OPS_SEQ,
+            Self::Stored => 40,
+            Self::Done | Self::Failed => 41,
         }
     }
 
@@ -72,6 +96,12 @@ impl Stage {
             Self::Received => "received",
             Self::Segmenting => "segmenting",
             Self::Compositing => "compositing",
+            Self::Cropping => "cropping",
+            Self::Resizing => "resizing",
+            Self::Thumbnailing => "thumbnailing",
+            Self::Watermarking => "watermarking",
+            Self::Filtering => "filtering",
+            Self::Encoding => "encoding",
             Self::Stored => "stored",
             Self::Done => "done",
             Self::Failed => "failed",
@@ -113,6 +143,17 @@ impl JobEvent {
             elapsed_ms,
             message: None,
             error_code: None,
+        }
+    }
+
+    /// A stage of the job's operation number `index` (0-based): ids stay increasing whatever
+    /// the operations are, and a redelivered task re-emits the same ids.
+    pub fn operation(stage: Stage, index: usize, elapsed_ms: u64) -> Self {
+        let seq = stage.seq() + 2 * index as u64;
+        debug_assert!(seq < Stage::Stored.seq(), "more operations than event ids");
+        Self {
+            seq,
+            ..Self::new(stage, elapsed_ms)
         }
     }
 
@@ -291,7 +332,7 @@ mod tests {
             assert_eq!(s.next().await.unwrap().stage, Stage::Segmenting);
             let e = s.next().await.unwrap();
             assert_eq!(e.stage, Stage::Failed);
-            assert_eq!(e.seq, 7);
+            assert_eq!(e.seq, 41);
             assert_eq!(e.error_code.as_deref(), Some("decode_failed"));
         }
         bus.publish("k", JobEvent::new(Stage::Done, 1))
@@ -311,11 +352,15 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"seq": 5, "stage": "compositing", "elapsed_ms": 42})
+            serde_json::json!({"seq": 11, "stage": "compositing", "elapsed_ms": 42})
         );
         let back: JobEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
         assert!(Stage::Uploaded.seq() < Stage::Done.seq());
+        // Eight operations (the most a pipeline has) fit below `stored`.
+        let last = JobEvent::operation(Stage::Compositing, crate::ops::MAX_OPERATIONS - 1, 0);
+        assert!(Stage::Received.seq() < JobEvent::operation(Stage::Resizing, 0, 0).seq);
+        assert!(last.seq < Stage::Stored.seq(), "{}", last.seq);
         assert_eq!(Stage::from_state(JobState::Done), Stage::Done);
     }
 }

@@ -190,6 +190,47 @@ describe('the BackLess page', () => {
     await page.close();
   });
 
+  test('edit-only options become a pipeline: each operation shows its stage, the result has its size', async () => {
+    const { page, problems } = await openPage();
+    await page.getByLabel('Task').selectOption('edit');
+    // Without background removal the model and cut-out options do not apply.
+    assert.equal(await page.getByLabel('Model').isDisabled(), true);
+    assert.equal(await page.getByLabel('Crop to the subject').isDisabled(), true);
+    await page.getByLabel('Filter').selectOption('grayscale');
+    await page.getByLabel('Resize to width').fill('128');
+    await page.getByLabel('Watermark text').fill('BackLess');
+    await page.getByLabel(/Choose photos/).setInputFiles(ASTRONAUT);
+    const card = page.locator('.job').first();
+    await card.locator('.job-result').waitFor({ state: 'visible', timeout: 60000 });
+    const job = await apiJob(await card.getAttribute('data-job-id'));
+    assert.deepEqual(job.pipeline, [
+      'filter:grayscale',
+      'resize:width=128,fit=contain',
+      'watermark:position=bottom_right,opacity=0.6,text=BackLess',
+      'encode:format=png',
+    ]);
+    // The progress list is the pipeline's, in order, and no model stage appears.
+    const stages = await card.locator('.stages li').evaluateAll((lis) => lis.map((li) => li.dataset.stage));
+    assert.deepEqual(stages, ['uploaded', 'queued', 'received', 'filtering', 'resizing', 'watermarking', 'encoding', 'stored', 'done']);
+    assert.equal(await card.locator('[data-stage="done"]').getAttribute('class'), 'done');
+    const [w, h, grey] = await page.$eval('.after', (img) => {
+      const c = document.createElement('canvas');
+      c.width = img.naturalWidth; c.height = img.naturalHeight;
+      const ctx = c.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      const d = ctx.getImageData(0, 0, c.width, c.height / 2).data;
+      let grey = true;
+      for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) grey = false;
+      return [c.width, c.height, grey];
+    });
+    assert.deepEqual([w, h], [128, 128]);
+    assert.ok(grey, 'black and white (the top half, away from the watermark)');
+    const [download] = await Promise.all([page.waitForEvent('download'), card.locator('.download').click()]);
+    assert.equal(download.suggestedFilename(), 'astronaut-edited.png');
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
   test('a file that is not an image is refused on the page with a clear message', async () => {
     const { page, problems } = await openPage();
     await page.getByLabel(/Choose photos/).setInputFiles({

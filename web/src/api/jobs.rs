@@ -10,6 +10,7 @@ use backless_common::db::job::{MODELS, normalize_color};
 use backless_common::db::{Job, JobOptions, JobState, NewJob, OutputFormat, new_job_id};
 use backless_common::events::{JobEvent, Stage};
 use backless_common::limits::ImageLimits;
+use backless_common::ops::{Operation, Pipeline};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
@@ -72,6 +73,12 @@ pub enum StageView {
     Received,
     Segmenting,
     Compositing,
+    Cropping,
+    Resizing,
+    Thumbnailing,
+    Watermarking,
+    Filtering,
+    Encoding,
     Stored,
     Done,
     Failed,
@@ -85,6 +92,12 @@ impl From<Stage> for StageView {
             Stage::Received => Self::Received,
             Stage::Segmenting => Self::Segmenting,
             Stage::Compositing => Self::Compositing,
+            Stage::Cropping => Self::Cropping,
+            Stage::Resizing => Self::Resizing,
+            Stage::Thumbnailing => Self::Thumbnailing,
+            Stage::Watermarking => Self::Watermarking,
+            Stage::Filtering => Self::Filtering,
+            Stage::Encoding => Self::Encoding,
             Stage::Stored => Self::Stored,
             Stage::Done => Self::Done,
             Stage::Failed => Self::Failed,
@@ -114,7 +127,8 @@ impl From<OutputFormat> for FormatView {
 /// The processing options of a job.
 #[derive(Debug, Clone, Object)]
 pub struct OptionsView {
-    pub model: String,
+    /// The segmentation model (absent when the pipeline does not remove the background).
+    pub model: Option<String>,
     pub format: FormatView,
     pub mask_only: bool,
     pub bg_color: Option<String>,
@@ -134,6 +148,9 @@ pub struct JobView {
     /// Message safe to show when `state` is `failed`.
     pub error_message: Option<String>,
     pub options: OptionsView,
+    /// The operations the job runs, in order, written as the `op` upload fields take them
+    /// (e.g. `resize:width=800,fit=contain`).
+    pub pipeline: Vec<String>,
     pub width: u32,
     pub height: u32,
     pub original_content_type: String,
@@ -151,8 +168,15 @@ pub struct JobView {
 impl From<Job> for JobView {
     fn from(j: Job) -> Self {
         let base = format!("/v1/jobs/{}", j.id);
+        let pipeline = j.options.pipeline();
+        let suffix = if pipeline.model().is_some() {
+            "nobg"
+        } else {
+            "edited"
+        };
         Self {
-            download_name: format!("{}-nobg.{}", j.name, j.options.format.extension()),
+            download_name: format!("{}-{suffix}.{}", j.name, pipeline.format().extension()),
+            pipeline: pipeline.to_strings(),
             events_url: format!("{base}/events"),
             original_url: format!("{base}/original"),
             result_url: (j.state == JobState::Done).then(|| format!("{base}/result")),
@@ -162,8 +186,8 @@ impl From<Job> for JobView {
             error_code: j.error_code,
             error_message: j.error_message,
             options: OptionsView {
-                model: j.options.model,
-                format: j.options.format.into(),
+                model: pipeline.model().map(str::to_string),
+                format: pipeline.format().into(),
                 mask_only: j.options.mask_only,
                 bg_color: j.options.bg_color,
                 crop: j.options.crop,
@@ -203,6 +227,15 @@ pub struct UploadForm {
     pub crop: Option<bool>,
     /// Display name (default: the file name without extension).
     pub name: Option<String>,
+    /// Operations to run instead of a plain background removal, in order, one per field:
+    /// `remove_background[:model=,mask_only=,bg_color=]`, `crop_to_subject[:threshold=,margin=]`,
+    /// `resize:width=,height=[,fit=contain|cover|fill]`, `thumbnail:size=`,
+    /// `watermark:text=[,position=top_left|top_right|bottom_left|bottom_right|center,opacity=]`,
+    /// `filter:grayscale|blur[=sigma]|sharpen[=sigma]|brightness=factor|contrast=factor`,
+    /// `encode:format=png|webp|jpeg[,quality=]`. At most 8; PNG when no `encode` ends them.
+    /// Not combined with `model`, `format`, `mask_only`, `bg_color` or `crop`.
+    #[oai(default)]
+    pub op: Vec<String>,
 }
 
 /// Rename request.
@@ -288,6 +321,9 @@ impl JobsApi {
     }
 
     fn options(form: &UploadForm) -> Result<JobOptions, WebError> {
+        if !form.op.is_empty() {
+            return Self::pipeline_options(form);
+        }
         let mut o = JobOptions::default();
         if let Some(m) = form
             .model
@@ -331,6 +367,45 @@ impl JobsApi {
             // JPEG has no transparency: default to white rather than black.
             o.bg_color = Some("#ffffff".into());
         }
+        Ok(o)
+    }
+
+    /// Options for a job given as operations.
+    fn pipeline_options(form: &UploadForm) -> Result<JobOptions, WebError> {
+        let plain = [
+            ("model", form.model.is_some()),
+            ("format", form.format.is_some()),
+            ("mask_only", form.mask_only.is_some()),
+            ("bg_color", form.bg_color.is_some()),
+            ("crop", form.crop.is_some()),
+        ];
+        if let Some((field, _)) = plain.iter().find(|(_, given)| *given) {
+            return Err(WebError::InvalidOption {
+                field,
+                reason: "give it as an operation (e.g. remove_background:model=u2net) when op fields are used".into(),
+            });
+        }
+        let models: Vec<String> = MODELS.iter().map(|m| m.to_string()).collect();
+        let pipeline = Pipeline::parse(&form.op, &models).map_err(WebError::InvalidPipeline)?;
+        let mut o = JobOptions {
+            format: pipeline.format(),
+            ..JobOptions::default()
+        };
+        if let Some(Operation::RemoveBackground {
+            model,
+            mask_only,
+            bg_color,
+        }) = pipeline.operations().first()
+        {
+            o.model = model.clone();
+            o.mask_only = *mask_only;
+            o.bg_color = bg_color.clone();
+        }
+        o.crop = pipeline
+            .operations()
+            .iter()
+            .any(|op| matches!(op, Operation::CropToSubject { .. }));
+        o.pipeline = Some(pipeline);
         Ok(o)
     }
 
@@ -664,16 +739,9 @@ impl JobsApi {
             EventStream::new(out)
                 .keep_alive(self.keep_alive)
                 .to_event(|e: JobEventView| {
-                    let stage = match e.stage {
-                        StageView::Uploaded => "uploaded",
-                        StageView::Queued => "queued",
-                        StageView::Received => "received",
-                        StageView::Segmenting => "segmenting",
-                        StageView::Compositing => "compositing",
-                        StageView::Stored => "stored",
-                        StageView::Done => "done",
-                        StageView::Failed => "failed",
-                    };
+                    let stage = poem_openapi::types::ToJSON::to_json(&e.stage)
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
                     let data = poem_openapi::types::ToJSON::to_json_string(&e);
                     Event::message(data).event_type(stage).id(e.seq.to_string())
                 }),

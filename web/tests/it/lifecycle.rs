@@ -230,7 +230,7 @@ async fn a_held_stream_reconnecting_after_the_end_gets_nothing_and_stays_open() 
     // EventSource reconnecting with the last id it saw (7 = done).
     let res = c
         .get(app.url(&format!("/v1/jobs/{id}/events?hold=true")))
-        .header("Last-Event-ID", "7")
+        .header("Last-Event-ID", "41")
         .send()
         .await
         .unwrap();
@@ -242,7 +242,7 @@ async fn a_held_stream_reconnecting_after_the_end_gets_nothing_and_stays_open() 
     // Without hold the same request ends at once, as before.
     let res = c
         .get(app.url(&format!("/v1/jobs/{id}/events")))
-        .header("Last-Event-ID", "7")
+        .header("Last-Event-ID", "41")
         .send()
         .await
         .unwrap();

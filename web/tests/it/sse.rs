@@ -61,7 +61,7 @@ async fn events_send_current_state_first_then_live_stages_and_end_after_done() {
     // Last-Event-ID: a reconnect that already saw `done` gets nothing more.
     let res = c
         .get(app.url(&format!("/v1/jobs/{id}/events")))
-        .header("Last-Event-ID", "7")
+        .header("Last-Event-ID", "41")
         .send()
         .await
         .unwrap();
@@ -82,10 +82,10 @@ async fn last_event_id_skips_stages_already_seen_and_failures_end_the_stream() {
             .unwrap()
     );
 
-    // Already saw up to `segmenting` (4): the stored state (processing = received, 3) is skipped.
+    // Already saw up to `segmenting` (10): the stored state (processing = received, 3) is skipped.
     let res = c
         .get(app.url(&format!("/v1/jobs/{id}/events")))
-        .header("Last-Event-ID", "4")
+        .header("Last-Event-ID", "10")
         .send()
         .await
         .unwrap();

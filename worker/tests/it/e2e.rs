@@ -22,6 +22,15 @@ pub(crate) struct Stack {
 /// Emulator (as `emulator` configures it), worker and web on embedded defaults in a temp dir,
 /// sharing one in-process event bus; `extra` configures both services.
 pub(crate) async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)]) -> Stack {
+    start_gated(emulator, extra, None).await
+}
+
+/// As [`start_with`]; the worker loads its models only once `gate` fires.
+pub(crate) async fn start_gated(
+    emulator: EmulatorConfig,
+    extra: &[(&str, &str)],
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+) -> Stack {
     assert!(crate::weights_present("u2netp"));
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -50,12 +59,13 @@ pub(crate) async fn start_with(emulator: EmulatorConfig, extra: &[(&str, &str)])
     ];
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let events: Arc<dyn Events> = Arc::new(InProcessEvents::default());
-    let worker = backless_worker::server::App::build_with(
+    let worker = backless_worker::server::App::build_gated(
         backless_worker::config::WorkerConfig::from_pairs(pairs.clone()).unwrap(),
         backless_worker::server::Components {
             events: Some(Arc::clone(&events)),
             ..Default::default()
         },
+        gate,
     )
     .await
     .unwrap();
