@@ -15,6 +15,7 @@ mod recovery;
 mod replicas;
 #[cfg(feature = "dev")]
 mod retry;
+mod startup;
 
 use std::path::PathBuf;
 
