@@ -320,6 +320,19 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// User + system CPU time of this process so far, from /proc/self/stat (clock ticks).
+fn process_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map_or(0.0, |ticks| ticks * 10.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -353,6 +366,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map(|_| time(&mut forward))
             .collect::<Result<_, _>>()?,
     );
+    // CPU time of the process per forward pass: unlike wall time, barely moved by other
+    // processes sharing the cores (exact with one thread; idle spinning counts with more).
+    let cpu0 = process_cpu_ms();
+    for _ in 0..args.runs {
+        forward()?;
+    }
+    let forward_cpu_ms = (process_cpu_ms() - cpu0) / args.runs.max(1) as f64;
     let opts = OutputOptions::default();
     let mut pipeline = || -> anyhow::Result<()> {
         remove_background(&seg, &bytes, &limits, &opts, |_, _| {})?;
@@ -373,6 +393,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "load_ms": load_ms,
             "first_forward_ms": first_ms,
             "forward_ms": forward_ms,
+            "forward_cpu_ms": forward_cpu_ms,
             "pipeline_ms": pipeline_ms,
             "peak_rss_mib": peak_rss_mib(),
         })

@@ -196,6 +196,8 @@ fn load_models(dir: &std::path::Path, names: &[String]) -> Models {
     let mut models = HashMap::new();
     for name in names {
         let seg = Segmenter::load(dir, name, &device).map_err(|e| e.to_string())?;
+        // Ready means ready: the first push should not pay for the first inference's set-up.
+        seg.warm_up().map_err(|e| e.to_string())?;
         models.insert(name.clone(), Arc::new(seg));
     }
     Ok(Arc::new(models))

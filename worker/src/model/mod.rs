@@ -252,13 +252,25 @@ impl Segmenter {
         })
     }
 
+    /// Run the network once on a small input so the first real image pays for nothing but its
+    /// own work: the thread pool is started, every kernel's code is paged in and the packed
+    /// weights are touched. 64 x 64 reaches the deepest stage of every network (ceil-mode
+    /// pooling keeps a 1 x 1 map there).
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let input = Tensor::zeros((1, 3, 64, 64), DType::F32, &self.device)?;
+        self.forward(&input)?;
+        Ok(())
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
 
     /// Run the network on a normalised `(1, 3, H, W)` tensor; returns `(1, 1, H, W)` in [0, 1].
     pub fn forward(&self, input: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(self.network.forward(&input.to_device(&self.device)?)?)
+        let out = self.network.forward(&input.to_device(&self.device)?);
+        kernels::release_workspace();
+        Ok(out?)
     }
 }
 

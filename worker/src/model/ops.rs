@@ -271,6 +271,10 @@ mod tests {
             (19, 1, 3, 1, 1, 57, 83),
             (3, 16, 3, 1, 2, 57, 83),
             (9, 11, 3, 8, 1, 5, 3),
+            // Wide enough for Winograd, but the map is too small for it to pay: im2col on
+            // weights rebuilt from the transformed ones.
+            (20, 24, 3, 8, 1, 5, 7),
+            (16, 16, 3, 4, 1, 3, 9),
             (9, 11, 3, 2, 1, 1, 1),
             (130, 96, 3, 1, 1, 7, 9),
         ];

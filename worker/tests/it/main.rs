@@ -17,6 +17,7 @@ mod recovery;
 mod replicas;
 #[cfg(feature = "dev")]
 mod retry;
+mod startup;
 
 use std::path::PathBuf;
 

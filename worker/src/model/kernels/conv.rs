@@ -58,7 +58,8 @@ impl ConvShape {
 #[derive(Debug, Clone)]
 pub struct PackedConv {
     pub shape: ConvShape,
-    /// `(out_ch, in_ch * k * k)` row-major.
+    /// `(out_ch, in_ch * k * k)` row-major; empty when `winograd` holds the weights (they are
+    /// rebuilt from it in the rare case a map is too small for Winograd to pay).
     weight: Vec<f32>,
     bias: Vec<f32>,
     /// The same weights transformed for Winograd F(2x2, 3x3), for stride-1 3x3 layers.
@@ -84,6 +85,13 @@ impl PackedConv {
             && shape.padding == shape.dilation
             && shape.in_ch.min(shape.out_ch) >= WINOGRAD_MIN_CHANNELS)
             .then(|| WinogradConv::new(shape, &weight, bias.clone()));
+        // The transformed weights are 16/9 of the originals: keeping both would hold 2.8x the
+        // checkpoint in memory.
+        let weight = if winograd.is_some() {
+            Vec::new()
+        } else {
+            weight
+        };
         Self {
             shape,
             weight,
@@ -115,6 +123,14 @@ impl PackedConv {
         {
             return wg.run(&planes, h, w, epilogue);
         }
+        let rebuilt;
+        let weight: &[f32] = match &self.winograd {
+            Some(wg) if self.weight.is_empty() => {
+                rebuilt = wg.original_weight();
+                &rebuilt
+            }
+            _ => &self.weight,
+        };
         let kdim = s.in_ch * s.kernel * s.kernel;
         let threads = rayon::current_num_threads().max(1);
         let want = threads * TASKS_PER_THREAD;
@@ -160,7 +176,7 @@ impl PackedConv {
                         1,
                         pixels as isize,
                         false,
-                        self.weight.as_ptr().add(c0 * kdim),
+                        weight.as_ptr().add(c0 * kdim),
                         1,
                         kdim as isize,
                         col.as_ptr(),
@@ -202,7 +218,8 @@ pub(super) fn finish_value(x: f32, ep: Epilogue, at: usize) -> f32 {
 }
 
 /// Bias, ReLU and residual on one output row segment starting at flat index `at`.
-fn finish_row(row: &mut [f32], bias: f32, ep: Epilogue, at: usize) {
+#[inline(always)]
+pub(super) fn finish_row(row: &mut [f32], bias: f32, ep: Epilogue, at: usize) {
     match (ep.relu, ep.residual) {
         (false, None) => row.iter_mut().for_each(|v| *v += bias),
         (true, None) => row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),

@@ -11,6 +11,8 @@ pub mod conv;
 pub mod resample;
 pub mod winograd;
 
+pub use winograd::release_workspace;
+
 use candle_core::{Device, Result, Storage, Tensor};
 
 /// Whether the CPU kernels can run on these tensors: all f32 on the CPU with batch 1.

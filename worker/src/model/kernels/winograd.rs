@@ -15,7 +15,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::SharedMut;
-use super::conv::{ConvShape, Epilogue, finish_value};
+use super::conv::{ConvShape, Epilogue, finish_row, finish_value};
 
 /// Bytes of transformed input one task aims at.
 const V_BYTES: usize = 512 * 1024;
@@ -77,6 +77,29 @@ impl WinogradConv {
         Self { shape, u, bias }
     }
 
+    /// The OIHW 3x3 weights these were made from. `G` keeps the first and last tap of each
+    /// axis as they are and puts `(g0 + g1 + g2) / 2` second, so `g1 = 2 u1 - u0 - u3` inverts
+    /// it exactly up to rounding.
+    pub fn original_weight(&self) -> Vec<f32> {
+        let (cin, cout) = (self.shape.in_ch, self.shape.out_ch);
+        let mut weight = vec![0f32; cout * cin * 9];
+        for co in 0..cout {
+            for ci in 0..cin {
+                let u = |i: usize, j: usize| self.u[((i * 4 + j) * cout + co) * cin + ci];
+                // Undo Gᵀ along columns for rows 0, 1 and 3 of t = G g, then G along rows.
+                let t = |i: usize| [u(i, 0), 2.0 * u(i, 1) - u(i, 0) - u(i, 3), u(i, 3)];
+                let (t0, t1, t3) = (t(0), t(1), t(3));
+                let g = &mut weight[(co * cin + ci) * 9..][..9];
+                for j in 0..3 {
+                    g[j] = t0[j];
+                    g[3 + j] = 2.0 * t1[j] - t0[j] - t3[j];
+                    g[6 + j] = t3[j];
+                }
+            }
+        }
+        weight
+    }
+
     /// Gemm work relative to im2col for an `h x w` input (below 1 means Winograd is cheaper).
     pub fn relative_cost(shape: &ConvShape, h: usize, w: usize) -> f64 {
         let d = shape.dilation;
@@ -120,23 +143,23 @@ impl WinogradConv {
         let (hp, wp) = (h + 3 * d, w + 3 * d);
         let mp = wp.div_ceil(2 * d) + 1;
         let row_len = 2 * d * mp;
-        let mut padded = vec![0f32; cin * hp * row_len];
+        // The buffer is reused from layer to layer (its zero padding must be rewritten, but a
+        // memset is far cheaper than faulting in fresh pages).
+        let mut padded = PaddedBuf::take(cin * hp * row_len);
         padded
             .par_chunks_mut(hp * row_len)
             .zip(planes.par_iter())
             .for_each(|(dst, src)| {
+                dst.fill(0.0);
                 for (y, row) in src.chunks_exact(w).enumerate() {
                     let drow = &mut dst[(y + d) * row_len..][..row_len];
-                    for (x, &val) in row.iter().enumerate() {
-                        let xp = x + d;
-                        drow[(xp % (2 * d)) * mp + xp / (2 * d)] = val;
-                    }
+                    split_phases(row, d, mp, drow);
                 }
             });
         // Offsets of patch column j from column 0: phase +d, next index, both.
         let col_off = [0, d * mp, 1, d * mp + 1];
         let row_off = d * row_len;
-        let padded = &padded;
+        let padded = &padded[..];
 
         let mut out = vec![0f32; cout * pixels];
         let dst = SharedMut::new(&mut out);
@@ -224,6 +247,76 @@ impl WinogradConv {
     }
 }
 
+/// Scatter one input row into its padded, phase-split row: padded column `xp = x + d` goes to
+/// phase `xp mod 2d`, index `xp / 2d`. Walks each phase with a stride instead of dividing per
+/// element.
+#[inline]
+fn split_phases(row: &[f32], d: usize, mp: usize, drow: &mut [f32]) {
+    let two_d = 2 * d;
+    for r in 0..two_d {
+        // The first x with (x + d) mod 2d == r.
+        let x_start = (r + d) % two_d;
+        if x_start >= row.len() {
+            continue;
+        }
+        let first = (x_start + d) / two_d;
+        let phase = &mut drow[r * mp + first..(r + 1) * mp];
+        for (dst, &val) in phase.iter_mut().zip(row[x_start..].iter().step_by(two_d)) {
+            *dst = val;
+        }
+    }
+}
+
+/// The padded input buffer, kept between layers (one per process: layers run one after the
+/// other; a concurrent caller finding it taken allocates its own).
+static PADDED: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer taken from [`PADDED`] and given back (the larger one kept) when dropped.
+struct PaddedBuf(Vec<f32>);
+
+impl PaddedBuf {
+    /// `len` values, contents unspecified.
+    fn take(len: usize) -> Self {
+        let mut v = PADDED
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        v.resize(len, 0.0);
+        Self(v)
+    }
+}
+
+/// Frees the kept padded-input buffer (called after each forward pass, so an idle process
+/// holds no workspace).
+pub fn release_workspace() {
+    if let Ok(mut g) = PADDED.lock() {
+        *g = Vec::new();
+    }
+}
+
+impl Drop for PaddedBuf {
+    fn drop(&mut self) {
+        if let Ok(mut g) = PADDED.lock()
+            && g.capacity() < self.0.capacity()
+        {
+            *g = std::mem::take(&mut self.0);
+        }
+    }
+}
+
+impl std::ops::Deref for PaddedBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PaddedBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
 /// Transforms one task's input tiles into `V` (`16` matrices of `(in_ch, nt)`, leading
 /// dimension `v_ld`).
 struct InputJob<'a> {
@@ -255,9 +348,16 @@ impl InputJob<'_> {
     #[inline(always)]
     fn run_portable(&self, v: &mut [f32]) {
         let (nt, v_ld) = (self.nt, self.v_ld);
+        // Groups whose LANES tiles read consecutive floats (decided once, not per channel).
+        let contiguous: Vec<bool> = self
+            .base
+            .chunks_exact(LANES)
+            .map(|b| b.windows(2).all(|p| p[1] == p[0] + 1))
+            .collect();
         for (ci, plane) in self.padded.chunks_exact(self.plane_len).enumerate() {
             for (k, bases) in self.base.chunks_exact(LANES).enumerate() {
-                let vals = input_transform(plane, bases, self.row_off, &self.col_off);
+                let vals =
+                    input_transform(plane, bases, contiguous[k], self.row_off, &self.col_off);
                 for (e, lanes) in vals.iter().enumerate() {
                     v[e * v_ld + ci * nt + k * LANES..][..LANES].copy_from_slice(lanes);
                 }
@@ -314,7 +414,29 @@ impl OutputJob<'_> {
                 }
                 let y = output_transform(&mm);
                 let count = LANES.min(self.real.saturating_sub(k * LANES));
-                for (lane, &(y0, x0)) in self.origin[k * LANES..][..count].iter().enumerate() {
+                let group = &self.origin[k * LANES..][..count];
+                let (y0, x0) = group[0];
+                if d == 1
+                    && count == LANES
+                    && y0 + 1 < h
+                    && x0 + 2 * LANES <= w
+                    && group[LANES - 1] == (y0, x0 + 2 * (LANES - 1))
+                {
+                    // Undilated tiles side by side on one row: each output row of the group
+                    // is 2 * LANES consecutive values; interleave, finish and store them whole.
+                    for i in 0..2 {
+                        let mut row = interleave(&y[i * 2], &y[i * 2 + 1]);
+                        let at = co * pixels + (y0 + i) * w + x0;
+                        finish_row(&mut row, bias, self.epilogue, at);
+                        // SAFETY: these outputs belong to this task's tiles and channel block
+                        // alone (checked in bounds above); the buffer outlives the task.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(at), 2 * LANES);
+                        }
+                    }
+                    continue;
+                }
+                for (lane, &(y0, x0)) in group.iter().enumerate() {
                     for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let (oy, ox) = (y0 + i * d, x0 + j * d);
                         if oy < h && ox < w {
@@ -340,6 +462,8 @@ fn has_avx2_fma() -> bool {
 
 /// Tiles transformed together, one per SIMD lane.
 const LANES: usize = 8;
+// `interleave` is written for 8 lanes (one AVX register).
+const _: () = assert!(LANES == 8);
 
 type Lanes = [f32; LANES];
 
@@ -350,11 +474,12 @@ type Lanes = [f32; LANES];
 fn input_transform(
     plane: &[f32],
     bases: &[usize],
+    contiguous: bool,
     row_off: usize,
     col_off: &[usize; 4],
 ) -> [Lanes; 16] {
     let mut p = [[[0f32; LANES]; 4]; 4];
-    if bases.windows(2).all(|b| b[1] == b[0] + 1) {
+    if contiguous {
         // One phase, consecutive indices: every patch element is LANES consecutive floats.
         for (i, row) in p.iter_mut().enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
@@ -390,6 +515,31 @@ fn input_transform(
     out
 }
 
+/// `[a0, b0, a1, b1, ...]`: the two outputs of each tile side by side.
+#[inline(always)]
+fn interleave(a: &Lanes, b: &Lanes) -> [f32; 2 * LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if cfg!(target_feature = "avx") || std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: AVX is present (compile-time or checked just above); loads and stores are
+        // unaligned and within the arrays.
+        unsafe {
+            use std::arch::x86_64::*;
+            let (va, vb) = (_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(b.as_ptr()));
+            // unpack works within 128-bit halves: lo = a0 b0 a1 b1 | a4 b4 a5 b5, hi = a2 b2 a3
+            // b3 | a6 b6 a7 b7; the permutes put the halves in order.
+            let (lo, hi) = (_mm256_unpacklo_ps(va, vb), _mm256_unpackhi_ps(va, vb));
+            let mut out = [0f32; 2 * LANES];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_permute2f128_ps(lo, hi, 0x20));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(LANES),
+                _mm256_permute2f128_ps(lo, hi, 0x31),
+            );
+            return out;
+        }
+    }
+    std::array::from_fn(|i| if i % 2 == 0 { a[i / 2] } else { b[i / 2] })
+}
+
 #[inline(always)]
 fn lanes_add(a: &Lanes, b: &Lanes) -> Lanes {
     std::array::from_fn(|i| a[i] + b[i])
@@ -415,4 +565,62 @@ fn output_transform(m: &[Lanes; 16]) -> [Lanes; 4] {
         add(&add(&t[1][0], &t[1][1]), &t[1][2]),
         sub(&sub(&t[1][1], &t[1][2]), &t[1][3]),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_weights_are_recovered_from_the_transform() {
+        let shape = ConvShape {
+            in_ch: 5,
+            out_ch: 7,
+            kernel: 3,
+            dilation: 1,
+            stride: 1,
+            padding: 1,
+        };
+        // Deterministic values of both signs and several magnitudes.
+        let weight: Vec<f32> = (0..7 * 5 * 9)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
+        let wg = WinogradConv::new(shape, &weight, vec![0.0; 7]);
+        let back = wg.original_weight();
+        for (a, b) in weight.iter().zip(&back) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn phase_split_puts_every_column_where_the_transform_reads_it() {
+        for d in [1usize, 2, 4, 8] {
+            for w in [1usize, 2, 3, 7, 16, 17] {
+                let row: Vec<f32> = (0..w).map(|x| x as f32 + 1.0).collect();
+                let wp = w + 3 * d;
+                let mp = wp.div_ceil(2 * d) + 1;
+                let mut drow = vec![0f32; 2 * d * mp];
+                split_phases(&row, d, mp, &mut drow);
+                for (x, &val) in row.iter().enumerate() {
+                    let xp = x + d;
+                    assert_eq!(
+                        drow[(xp % (2 * d)) * mp + xp / (2 * d)],
+                        val,
+                        "d{d} w{w} x{x}"
+                    );
+                }
+                let nonzero = drow.iter().filter(|v| **v != 0.0).count();
+                assert_eq!(nonzero, w, "d{d} w{w}: stray writes");
+            }
+        }
+    }
+
+    #[test]
+    fn interleave_pairs_lanes() {
+        let a: Lanes = std::array::from_fn(|i| i as f32);
+        let b: Lanes = std::array::from_fn(|i| 100.0 + i as f32);
+        let got = interleave(&a, &b);
+        let want: [f32; 16] = std::array::from_fn(|i| if i % 2 == 0 { a[i / 2] } else { b[i / 2] });
+        assert_eq!(got, want);
+    }
 }
