@@ -353,9 +353,9 @@ fn over(p: &mut Rgba<u8>, colour: [u8; 3], a: f32) {
     if out_a <= 0.0 {
         return;
     }
-    for c in 0..3 {
-        let v = (f32::from(colour[c]) * a + f32::from(p.0[c]) * da * (1.0 - a)) / out_a;
-        p.0[c] = v.round().clamp(0.0, 255.0) as u8;
+    for (v, &c) in p.0[..3].iter_mut().zip(&colour) {
+        let mixed = (f32::from(c) * a + f32::from(*v) * da * (1.0 - a)) / out_a;
+        *v = mixed.round().clamp(0.0, 255.0) as u8;
     }
     p.0[3] = (out_a * 255.0).round() as u8;
 }

@@ -93,7 +93,9 @@ async fn each_kind_of_bad_pipeline_is_a_400_with_its_code_and_nothing_is_stored(
     let app = spawn_app(&[]).await;
     let c = browser();
     let nine = ["filter:grayscale"; 9];
-    let cases: &[(&[&str], &[(&str, &str)], &str, &str)] = &[
+    // (op fields, plain fields, expected code, a word the message names)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&["sharpie"], &[], "unknown_operation", "sharpie"),
         (&["resize:width=0"], &[], "bad_parameter", "width"),
         (&["resize:width=12,depth=3"], &[], "bad_parameter", "depth"),
