@@ -7,4 +7,5 @@ mod jobs;
 mod lifecycle;
 mod metrics;
 mod queue;
+mod security;
 mod sse;
