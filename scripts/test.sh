@@ -32,5 +32,8 @@ cargo test --workspace --no-fail-fast "$@"
 step "S3 storage against a real S3-protocol server (s3s-fs)"
 cargo test -p backless-common --features s3 --test s3 "$@"
 
+step "Fuzz targets, 20 s each (libFuzzer on nightly, else the same functions on stable)"
+BACKLESS_FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/fuzz" scripts/fuzz.sh 20
+
 step "Browser tests (Debian Chromium, playwright-core)"
 BACKLESS_WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/test-browser.sh

@@ -330,6 +330,7 @@ impl CommonConfig {
             max_bytes: s.parse("BACKLESS_MAX_UPLOAD_BYTES", d.max_bytes)?,
             max_pixels: s.parse("BACKLESS_MAX_PIXELS", d.max_pixels)?,
             max_side: s.parse("BACKLESS_MAX_SIDE", d.max_side)?,
+            max_frames: s.parse("BACKLESS_MAX_FRAMES", d.max_frames)?,
         };
         Ok(Self {
             database,

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod frames;
 pub mod limits;
 pub mod ops;
 pub mod shutdown;

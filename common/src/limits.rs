@@ -12,6 +12,14 @@ pub struct ImageLimits {
     pub max_pixels: u64,
     /// Largest accepted width or height on its own.
     pub max_side: u32,
+    /// Most frames an animation may declare (only the first is processed; the rest are refused
+    /// from the container structure, before any pixel is decoded).
+    #[serde(default = "default_max_frames")]
+    pub max_frames: u32,
+}
+
+fn default_max_frames() -> u32 {
+    ImageLimits::default().max_frames
 }
 
 impl Default for ImageLimits {
@@ -20,6 +28,7 @@ impl Default for ImageLimits {
             max_bytes: 25 * 1024 * 1024,
             max_pixels: 40_000_000,
             max_side: 20_000,
+            max_frames: 1_000,
         }
     }
 }
@@ -47,6 +56,22 @@ impl ImageLimits {
         }
         Ok(())
     }
+
+    /// Check the frame count an animated file declares (see [`crate::frames::count_frames`]).
+    pub fn check_frames(&self, frames: u32) -> Result<(), LimitError> {
+        if frames > self.max_frames {
+            return Err(LimitError::TooManyFrames {
+                frames,
+                max_frames: self.max_frames,
+            });
+        }
+        Ok(())
+    }
+
+    /// Count the frames in `data` from its structure and check them.
+    pub fn check_animation(&self, data: &[u8]) -> Result<(), LimitError> {
+        self.check_frames(crate::frames::count_frames(data))
+    }
 }
 
 /// Why an image was refused by [`ImageLimits`].
@@ -72,6 +97,8 @@ pub enum LimitError {
     },
     #[error("file is {size} bytes; the limit is {max_bytes} bytes")]
     TooManyBytes { size: u64, max_bytes: u64 },
+    #[error("the animation has {frames} frames; the limit is {max_frames}")]
+    TooManyFrames { frames: u32, max_frames: u32 },
 }
 
 #[cfg(test)]
@@ -90,6 +117,11 @@ mod tests {
         assert!(matches!(
             l.check_dimensions(30_000, 10),
             Err(LimitError::SideTooLarge { .. })
+        ));
+        assert!(l.check_frames(1_000).is_ok());
+        assert!(matches!(
+            l.check_frames(1_001),
+            Err(LimitError::TooManyFrames { .. })
         ));
         let msg = l.check_dimensions(8000, 6000).unwrap_err().to_string();
         assert!(msg.contains("48.0 megapixels"), "{msg}");

@@ -81,6 +81,15 @@ impl Storage {
         })
     }
 
+    /// Storage on an already built store (tests wrap a real store to inject faults); `url` only
+    /// labels it.
+    pub fn from_store(store: Arc<dyn ObjectStore>, url: impl Into<String>) -> Self {
+        Self {
+            store,
+            url: url.into(),
+        }
+    }
+
     /// The URL this store was opened from.
     pub fn url(&self) -> &str {
         &self.url

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use backless_common::config::{CommonConfig, ConfigError, Settings};
 
+use crate::ratelimit::RateLimits;
+
 /// Everything web reads at start-up.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
@@ -29,6 +31,8 @@ pub struct WebConfig {
     pub models: Vec<String>,
     /// Run the outbox and sweeper loops (off only in tests that drive them by hand).
     pub background_loops: bool,
+    /// Request rates and open streams per client (see [`crate::ratelimit`]).
+    pub rate_limits: RateLimits,
 }
 
 impl WebConfig {
@@ -78,6 +82,15 @@ impl WebConfig {
                 .map(String::from)
                 .collect(),
             background_loops: true,
+            rate_limits: {
+                let d = RateLimits::default();
+                RateLimits {
+                    per_ip: s.parse("BACKLESS_RATE_LIMIT_PER_IP", d.per_ip)?,
+                    per_client: s.parse("BACKLESS_RATE_LIMIT_PER_CLIENT", d.per_client)?,
+                    sse_per_client: s.parse("BACKLESS_MAX_SSE_PER_CLIENT", d.sse_per_client)?,
+                    client_ip_header: s.get("BACKLESS_CLIENT_IP_HEADER").map(str::to_string),
+                }
+            },
         })
     }
 }
@@ -92,17 +105,28 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert!(c.cookie_secret.is_none());
         assert_eq!(c.models, ["u2netp"]);
+        assert_eq!(c.rate_limits, RateLimits::default());
         let c = WebConfig::from_pairs([
             ("BACKLESS_WEB_ADDR", "0.0.0.0:9999"),
             ("BACKLESS_COOKIE_SECRET", "0123456789abcdef0123456789abcdef"),
             ("BACKLESS_SSE_KEEP_ALIVE", "1s"),
             ("BACKLESS_MODELS", "u2netp, isnet"),
+            ("BACKLESS_RATE_LIMIT_PER_IP", "0"),
+            ("BACKLESS_MAX_SSE_PER_CLIENT", "3"),
+            ("BACKLESS_CLIENT_IP_HEADER", "X-Forwarded-For"),
         ])
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.cookie_secret.as_deref().map(<[u8]>::len), Some(32));
         assert_eq!(c.sse_keep_alive, Duration::from_secs(1));
         assert_eq!(c.models, ["u2netp", "isnet"]);
+        assert_eq!(c.rate_limits.per_ip, 0);
+        assert_eq!(c.rate_limits.sse_per_client, 3);
+        assert_eq!(
+            c.rate_limits.client_ip_header.as_deref(),
+            Some("X-Forwarded-For")
+        );
+        assert!(WebConfig::from_pairs([("BACKLESS_RATE_LIMIT_PER_CLIENT", "-1")]).is_err());
         assert!(WebConfig::from_pairs([("BACKLESS_COOKIE_SECRET", "short")]).is_err());
     }
 }

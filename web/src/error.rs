@@ -82,7 +82,14 @@ pub enum ErrorResponse {
     /// Something failed on our side.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// A backend (database, storage, events) is unavailable: retry after the given seconds.
+    /// Nothing was stored.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
 }
+
+/// What a client is told to wait when a backend is unavailable.
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
@@ -144,6 +151,7 @@ impl From<WebError> for ErrorResponse {
                     LimitError::SideTooLarge { .. } => "image_side_too_large",
                     LimitError::TooManyPixels { .. } => "too_many_pixels",
                     LimitError::TooManyBytes { .. } => "file_too_large",
+                    LimitError::TooManyFrames { .. } => "too_many_frames",
                 };
                 R::Unprocessable(body(code, l.to_string()))
             }
@@ -152,12 +160,17 @@ impl From<WebError> for ErrorResponse {
             }
             WebError::InvalidRequest(m) => R::BadRequest(body("invalid_request", m)),
             WebError::InvalidPipeline(e) => R::BadRequest(body(e.code(), e.to_string())),
+            // Backends fail transiently (restarts, failovers, network): tell the client to retry
+            // rather than that the request was wrong. The cause (SQL, paths) is logged only.
             e @ (WebError::Db(_) | WebError::Storage(_) | WebError::Events(_)) => {
-                tracing::error!(error = %e, "internal error");
-                R::Internal(body(
-                    "internal_error",
-                    "Something went wrong on our side; try again.",
-                ))
+                tracing::error!(error = %e, "backend unavailable");
+                R::Unavailable(
+                    body(
+                        "service_unavailable",
+                        "The service is briefly unavailable; try again in a few seconds.",
+                    ),
+                    RETRY_AFTER_SECS,
+                )
             }
         }
     }
@@ -174,6 +187,7 @@ impl ErrorResponse {
             Self::Unprocessable(_) => 422,
             Self::TooManyRequests(_) => 429,
             Self::Internal(_) => 500,
+            Self::Unavailable(..) => 503,
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pages;
+pub mod ratelimit;
+pub mod security;
 pub mod upload;
 
 use std::net::SocketAddr;
@@ -134,7 +136,10 @@ impl App {
         let ui = poem::endpoint::make_sync(move |_| poem::web::Html(ui_html.clone()));
         // Multipart framing on top of the largest accepted file.
         let body_limit = c.common.limits.max_bytes.saturating_add(1024 * 1024);
+        let limiter = ratelimit::Limiter::new(c.rate_limits.clone(), self.signer.clone());
         let api = Arc::new(api.around(move |ep, req| limit_body(ep, req, body_limit)));
+        let v1 =
+            Arc::clone(&api).around(move |ep, req| ratelimit::limit(ep, req, Arc::clone(&limiter)));
         pages::mount(Route::new())
             .at("/docs", ui)
             .at("/openapi.json", spec)
@@ -144,7 +149,8 @@ impl App {
                 "/metrics",
                 poem::get(metrics_endpoint).data(Arc::clone(&self.shared)),
             )
-            .nest_no_strip("/v1", api)
+            .nest_no_strip("/v1", v1)
+            .around(security::protect)
             .with(Tracing)
     }
 

@@ -87,6 +87,7 @@ pub fn check_image(data: &[u8], limits: &ImageLimits) -> Result<Checked, WebErro
         .into_dimensions()
         .map_err(|e| WebError::CorruptImage(e.to_string()))?;
     limits.check_dimensions(width, height)?;
+    limits.check_animation(data)?;
     Ok(Checked {
         format,
         width,

@@ -19,6 +19,11 @@ pub struct WorkerConfig {
     /// Images processed at once (`BACKLESS_WORKER_CONCURRENCY`; default: one per two cores, at
     /// least one, since each inference already uses every core).
     pub concurrency: usize,
+    /// Pushes handled at once, waiting for a model slot included (`BACKLESS_WORKER_MAX_IN_FLIGHT`;
+    /// default: 8 per model slot). Beyond it a push gets 503 with `Retry-After`, so the queue
+    /// holds the backlog rather than this process (each waiting push holds its original in
+    /// memory). The queue's `max_concurrent_dispatches` is the first throttle; this is the backstop.
+    pub max_in_flight: usize,
     /// Who may push (OIDC and/or shared secret); see [`crate::auth`].
     pub push_auth: crate::auth::PushAuthConfig,
 }
@@ -59,6 +64,7 @@ impl WorkerConfig {
                 message: "name at least one model".into(),
             });
         }
+        let concurrency = s.parse("BACKLESS_WORKER_CONCURRENCY", (cores / 2).max(1))?;
         Ok(Self {
             common: CommonConfig::from_settings(s)?,
             listen: s.parse(
@@ -67,7 +73,8 @@ impl WorkerConfig {
             )?,
             models_dir: PathBuf::from(s.string("BACKLESS_MODELS_DIR", "models")),
             models,
-            concurrency: s.parse("BACKLESS_WORKER_CONCURRENCY", (cores / 2).max(1))?,
+            concurrency,
+            max_in_flight: s.parse("BACKLESS_WORKER_MAX_IN_FLIGHT", concurrency.max(1) * 8)?,
             push_auth: crate::auth::PushAuthConfig::from_settings(s)?,
         })
     }
@@ -83,6 +90,9 @@ mod tests {
         assert_eq!(c.models, ["u2netp", "u2net"]);
         assert_eq!(c.listen.port(), 8081);
         assert!(c.concurrency >= 1);
+        assert_eq!(c.max_in_flight, c.concurrency * 8);
+        let c = WorkerConfig::from_pairs([("BACKLESS_WORKER_MAX_IN_FLIGHT", "1")]).unwrap();
+        assert_eq!(c.max_in_flight, 1);
         assert!(WorkerConfig::from_pairs([("BACKLESS_MODELS", "yolo")]).is_err());
     }
 }

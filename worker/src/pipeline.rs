@@ -51,6 +51,7 @@ impl PipelineError {
             PipelineError::Empty => "empty_file",
             PipelineError::NotAnImage => "not_an_image",
             PipelineError::Limits(LimitError::TooManyBytes { .. }) => "file_too_large",
+            PipelineError::Limits(LimitError::TooManyFrames { .. }) => "too_many_frames",
             PipelineError::Limits(_) => "image_too_large",
             PipelineError::Corrupt(_) | PipelineError::Truncated => "corrupt_image",
             PipelineError::JpegNeedsBackground => "jpeg_needs_background",
@@ -158,7 +159,8 @@ pub struct Output {
 }
 
 /// Decode under `limits`: size checked first, then dimensions from the header alone (so a
-/// decompression bomb is refused before any pixel is allocated), then a decode bounded by
+/// decompression bomb is refused before any pixel is allocated), the frame count an animation
+/// declares, then a decode bounded by
 /// `image::Limits`, then EXIF orientation applied.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, PipelineError> {
     if bytes.is_empty() {
@@ -189,6 +191,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Pipeli
     let reader = || ImageReader::with_format(Cursor::new(bytes), format);
     let (w, h) = reader().into_dimensions().map_err(PipelineError::Corrupt)?;
     limits.check_dimensions(w, h)?;
+    limits.check_animation(bytes)?;
 
     let mut bounded = image::Limits::default();
     bounded.max_image_width = Some(limits.max_side);

@@ -48,6 +48,8 @@ pub struct State {
     lease: Duration,
     models: watch::Receiver<Option<Models>>,
     inference: Semaphore,
+    /// Pushes admitted at once; beyond it 503 + Retry-After.
+    admission: Semaphore,
     /// Model runs so far (tests check duplicate deliveries do not add one).
     runs: std::sync::atomic::AtomicU64,
     auth: PushAuth,
@@ -147,6 +149,7 @@ impl App {
             lease: c.jobs.claim_lease,
             models: rx,
             inference: Semaphore::new(config.concurrency.max(1)),
+            admission: Semaphore::new(config.max_in_flight.max(1)),
             runs: Default::default(),
             auth: PushAuth::new(config.push_auth.clone()),
             metrics: crate::metrics::Metrics::new(),
@@ -295,6 +298,10 @@ async fn remove_background(
             tracing::warn!(reason = %e, "push refused");
             return Outcome::Unauthenticated;
         }
+        let Ok(_admitted) = state.admission.try_acquire() else {
+            tracing::info!("at capacity; asking the queue to retry");
+            return Outcome::Retry("busy", 5);
+        };
         // The body is trusted for nothing but the job id.
         let bytes = body.into_bytes_limit(4096).await.unwrap_or_default();
         let Ok(TaskBody { job_id }) = serde_json::from_slice::<TaskBody>(&bytes) else {

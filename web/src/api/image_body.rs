@@ -18,10 +18,12 @@ pub struct ImageBody {
 
 impl IntoResponse for ImageBody {
     fn into_response(self) -> Response {
-        let mut r = Response::builder()
+        let r = Response::builder()
             .content_type(self.content_type)
             .header(header::CACHE_CONTROL, "private, no-store")
             .header("X-Content-Type-Options", "nosniff");
+        // Always a disposition: the browser never renders a download as a page of its own.
+        let mut disposition = "inline".to_string();
         if let Some(name) = self.filename {
             let safe: String = name
                 .chars()
@@ -33,12 +35,10 @@ impl IntoResponse for ImageBody {
                     }
                 })
                 .collect();
-            r = r.header(
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{safe}\""),
-            );
+            disposition = format!("inline; filename=\"{safe}\"");
         }
-        r.body(self.data)
+        r.header(header::CONTENT_DISPOSITION, disposition)
+            .body(self.data)
     }
 }
 

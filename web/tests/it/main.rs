@@ -8,4 +8,5 @@ mod lifecycle;
 mod metrics;
 mod pipelines;
 mod queue;
+mod security;
 mod sse;

@@ -112,3 +112,79 @@ fn exif_orientation_is_applied() {
     let img = decode(&tagged, &ImageLimits::default()).unwrap();
     assert_eq!((img.width(), img.height()), (2, 4));
 }
+
+#[test]
+fn jpeg_header_claiming_huge_dimensions_is_refused_before_decoding() {
+    let mut jpeg = encoded(ImageFormat::Jpeg, 8, 8);
+    // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("baseline JPEG");
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]); // 65000 x 65000
+    let err = decode(&jpeg, &ImageLimits::default()).unwrap_err();
+    assert!(
+        matches!(err, PipelineError::Limits(LimitError::SideTooLarge { .. })),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "image_too_large");
+}
+
+fn gif_frames(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new(&mut out);
+        let frames = (0..n).map(|i| {
+            image::Frame::new(image::RgbaImage::from_pixel(
+                4,
+                4,
+                image::Rgba([i as u8 * 40, 0, 0, 255]),
+            ))
+        });
+        enc.encode_frames(frames).unwrap();
+    }
+    out
+}
+
+#[test]
+fn animation_declaring_too_many_frames_is_refused() {
+    let gif = gif_frames(5);
+    let few = ImageLimits {
+        max_frames: 4,
+        ..ImageLimits::default()
+    };
+    let err = decode(&gif, &few).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PipelineError::Limits(LimitError::TooManyFrames { frames: 5, .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "too_many_frames");
+    let enough = ImageLimits {
+        max_frames: 5,
+        ..ImageLimits::default()
+    };
+    let img = decode(&gif, &enough).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (4, 4),
+        "the first frame is processed"
+    );
+}
+
+#[test]
+fn polyglot_gif_with_script_is_decoded_as_an_image_and_reencoding_drops_the_rest() {
+    let mut polyglot = encoded(ImageFormat::Gif, 16, 16);
+    polyglot.extend_from_slice(b"<script>alert(document.cookie)</script>");
+    let img = decode(&polyglot, &ImageLimits::default()).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 16));
+    for format in [
+        backless_worker::pipeline::OutputFormat::Png,
+        backless_worker::pipeline::OutputFormat::Webp,
+    ] {
+        let out = backless_worker::pipeline::encode(&img, format).unwrap();
+        assert!(!out.windows(7).any(|w| w == b"<script"), "{format:?}");
+    }
+}

@@ -4,8 +4,11 @@ mod bad_input;
 mod cli;
 #[cfg(feature = "dev")]
 mod e2e;
+#[cfg(feature = "dev")]
+mod faults;
 mod golden;
 mod logs;
+mod metadata;
 mod network;
 #[cfg(feature = "dev")]
 mod pipelines;

@@ -1,0 +1,291 @@
+//! Request-rate limits per client IP and per client id, and a cap on open event streams per
+//! client: beyond them the API answers 429 with `Retry-After` and a stable code
+//! (`rate_limited`, `too_many_streams`).
+//!
+//! Token buckets: each key may spend `per_minute` requests at once and earns them back evenly over
+//! a minute. State is per process (each replica limits on its own) and bounded: when the table
+//! grows past [`MAX_KEYS`], buckets that have refilled completely are forgotten.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use poem::http::{HeaderValue, Method, StatusCode};
+use poem::{Body, Endpoint, IntoResponse, Request, Response};
+
+use crate::identity::Signer;
+
+/// Keys remembered before full buckets are pruned.
+const MAX_KEYS: usize = 100_000;
+
+/// Limits as configured (0 = no limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Requests per minute from one IP address (`BACKLESS_RATE_LIMIT_PER_IP`).
+    pub per_ip: u32,
+    /// Requests per minute from one client id (`BACKLESS_RATE_LIMIT_PER_CLIENT`).
+    pub per_client: u32,
+    /// Open event streams per client id (`BACKLESS_MAX_SSE_PER_CLIENT`).
+    pub sse_per_client: u32,
+    /// Header carrying the client's address when behind a proxy (`BACKLESS_CLIENT_IP_HEADER`,
+    /// e.g. `X-Forwarded-For`; its last entry, the one the nearest proxy appended, is used).
+    /// Unset: the peer address.
+    pub client_ip_header: Option<String>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_ip: 600,
+            per_client: 300,
+            sse_per_client: 20,
+            client_ip_header: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token buckets keyed by string.
+#[derive(Debug)]
+pub struct Buckets {
+    per_minute: u32,
+    table: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Buckets {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spend one request for `key` at `now`; `Err(wait)` when its bucket is empty.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let cap = f64::from(self.per_minute);
+        let per_sec = cap / 60.0;
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.len() >= MAX_KEYS && !table.contains_key(key) {
+            table.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < cap
+            });
+        }
+        let b = table.entry(key.to_string()).or_insert(Bucket {
+            tokens: cap,
+            at: now,
+        });
+        let earned = now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
+        b.tokens = (b.tokens + earned).min(cap);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec))
+        }
+    }
+}
+
+/// Open event streams per client.
+#[derive(Debug, Default)]
+pub struct StreamSlots {
+    max: u32,
+    open: Mutex<HashMap<String, u32>>,
+}
+
+/// One open stream; the slot is given back on drop.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    key: String,
+}
+
+impl StreamSlots {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `key`, or `None` when it already holds the maximum.
+    pub fn acquire(self: &Arc<Self>, key: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key.to_string()).or_default();
+        if self.max != 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            slots: Arc::clone(self),
+            key: key.to_string(),
+        })
+    }
+
+    /// Streams `key` holds now.
+    pub fn open(&self, key: &str) -> u32 {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What the middleware shares.
+pub struct Limiter {
+    limits: RateLimits,
+    per_ip: Buckets,
+    per_client: Buckets,
+    streams: Arc<StreamSlots>,
+    signer: Signer,
+}
+
+impl Limiter {
+    pub fn new(limits: RateLimits, signer: Signer) -> Arc<Self> {
+        Arc::new(Self {
+            per_ip: Buckets::new(limits.per_ip),
+            per_client: Buckets::new(limits.per_client),
+            streams: StreamSlots::new(limits.sse_per_client),
+            limits,
+            signer,
+        })
+    }
+
+    /// The address the limits apply to.
+    fn client_ip(&self, req: &Request) -> Option<IpAddr> {
+        if let Some(h) = &self.limits.client_ip_header {
+            let forwarded = req
+                .headers()
+                .get_all(h.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+                .last();
+            if forwarded.is_some() {
+                return forwarded;
+            }
+        }
+        req.remote_addr().as_socket_addr().map(|a| a.ip())
+    }
+}
+
+fn too_many(code: &str, message: &str, wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    let mut r = Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .content_type("application/json; charset=utf-8")
+        .body(body);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert("Retry-After", v);
+    }
+    r
+}
+
+/// The middleware, for `EndpointExt::around`.
+pub async fn limit<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    limiter: Arc<Limiter>,
+) -> poem::Result<Response> {
+    let now = Instant::now();
+    if let Some(ip) = limiter.client_ip(&req)
+        && let Err(wait) = limiter.per_ip.take(&ip.to_string(), now)
+    {
+        return Ok(too_many(
+            "rate_limited",
+            "Too many requests from your address; slow down.",
+            wait,
+        ));
+    }
+    let client = limiter.signer.identify(&req);
+    if let Some(c) = &client
+        && let Err(wait) = limiter.per_client.take(&c.0, now)
+    {
+        return Ok(too_many(
+            "rate_limited",
+            "Too many requests; slow down.",
+            wait,
+        ));
+    }
+    let is_stream = req.method() == Method::GET && req.uri().path().ends_with("/events");
+    let slot = match (&client, is_stream) {
+        (Some(c), true) => match limiter.streams.acquire(&c.0) {
+            Some(slot) => Some(slot),
+            None => {
+                return Ok(too_many(
+                    "too_many_streams",
+                    "Too many open progress streams; close one first.",
+                    Duration::from_secs(5),
+                ));
+            }
+        },
+        _ => None,
+    };
+    let mut resp = ep.call(req).await?.into_response();
+    if let Some(slot) = slot {
+        // Hold the slot for as long as the stream is being sent.
+        let body = resp.take_body().into_bytes_stream();
+        resp.set_body(Body::from_bytes_stream(body.map(move |chunk| {
+            let _held = &slot;
+            chunk
+        })));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_over_a_minute() {
+        let b = Buckets::new(60);
+        let t0 = Instant::now();
+        for _ in 0..60 {
+            b.take("a", t0).unwrap();
+        }
+        let wait = b.take("a", t0).unwrap_err();
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        assert!(b.take("b", t0).is_ok(), "keys are independent");
+        assert!(b.take("a", t0 + Duration::from_secs(1)).is_ok());
+        assert!(b.take("a", t0 + Duration::from_secs(1)).is_err());
+        assert!(Buckets::new(0).take("a", t0).is_ok(), "0 = unlimited");
+    }
+
+    #[test]
+    fn stream_slots_are_returned_on_drop() {
+        let s = StreamSlots::new(2);
+        let a = s.acquire("c").unwrap();
+        let _b = s.acquire("c").unwrap();
+        assert!(s.acquire("c").is_none());
+        assert!(s.acquire("other").is_some());
+        drop(a);
+        assert_eq!(s.open("c"), 1);
+        assert!(s.acquire("c").is_some());
+    }
+}
