@@ -6,5 +6,6 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod metrics;
+mod migrate;
 mod queue;
 mod sse;
