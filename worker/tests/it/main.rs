@@ -8,6 +8,8 @@ mod golden;
 mod logs;
 mod network;
 #[cfg(feature = "dev")]
+mod pg_restart;
+#[cfg(feature = "dev")]
 mod push_auth;
 #[cfg(feature = "dev")]
 mod recovery;
