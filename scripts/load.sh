@@ -71,7 +71,9 @@ export BACKLESS_PUSH_SECRET=load-test-push-secret
 export BACKLESS_COOKIE_SECRET=load-test-cookie-secret-0123456789abcdef
 export BACKLESS_MODELS_DIR="$root/models"
 # Every uploader is a new client; keep the unwatched-job sweeper out of the way.
-export BACKLESS_UNWATCHED_TTL=1h BACKLESS_GRACE=10m BACKLESS_DATABASE_MAX_CONNECTIONS=20
+# (a finished job is deleted once its grace window after the last watcher ran out; keep them all
+# for the final check).
+export BACKLESS_UNWATCHED_TTL=2h BACKLESS_GRACE=2h BACKLESS_DATABASE_MAX_CONNECTIONS=20
 export RUST_LOG=warn
 
 "$target/web" migrate >/dev/null

@@ -168,6 +168,8 @@ impl Tally {
 struct Created {
     id: String,
     token: String,
+    /// Its event stream ended with `done` or `failed`.
+    seen_final: bool,
 }
 
 /// One upload from a new client (no cookie); `Some` when accepted.
@@ -204,6 +206,7 @@ async fn upload(
     Some(Created {
         id: body["job"]["id"].as_str()?.to_string(),
         token: body["token"].as_str()?.to_string(),
+        seen_final: false,
     })
 }
 
@@ -477,13 +480,14 @@ async fn soak(a: &Args) -> anyhow::Result<bool> {
         let (accepted, unfinished) = (accepted.clone(), unfinished.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < end {
-                let Some(job) = upload(&client, &web, &photo, "load.jpg", &tally).await else {
+                let Some(mut job) = upload(&client, &web, &photo, "load.jpg", &tally).await else {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 };
                 let limit =
                     (end + Duration::from_secs(drain)).saturating_duration_since(Instant::now());
-                if !follow_to_end(&client, &web, &job, limit).await {
+                job.seen_final = follow_to_end(&client, &web, &job, limit).await;
+                if !job.seen_final {
                     unfinished.fetch_add(1, Ordering::Relaxed);
                 }
                 accepted.lock().unwrap().push(job);
@@ -508,19 +512,28 @@ async fn soak(a: &Args) -> anyhow::Result<bool> {
     }
     let run = start.elapsed();
 
-    // Every accepted job, the watchers' included, must have reached done or failed.
+    // Every accepted job, the watchers' included, must have reached done or failed: seen in its
+    // event stream, or (watchers' jobs) in its record now. A job seen to end and gone now was
+    // deleted after its grace window, as designed.
     let mut all: Vec<Created> = std::mem::take(&mut *accepted.lock().unwrap());
     all.extend(watched);
     let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lost = 0u64;
     for job in &all {
         let s = state_of(&client, &web, job)
             .await
             .unwrap_or_else(|| "unreachable".into());
-        *states.entry(s).or_default() += 1;
+        let ended = s == "done" || s == "failed";
+        if !ended && !job.seen_final {
+            lost += 1;
+        }
+        let label = if !ended && job.seen_final {
+            format!("ended, then {s}")
+        } else {
+            s
+        };
+        *states.entry(label).or_default() += 1;
     }
-    let finished =
-        states.get("done").copied().unwrap_or(0) + states.get("failed").copied().unwrap_or(0);
-    let lost = all.len() as u64 - finished;
     let gauge = sse_gauge(&client, &web).await;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
