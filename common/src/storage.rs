@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::signer::{Method, SignedUrlOptions, Signer};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::config::StorageConfig;
@@ -53,7 +52,7 @@ pub fn result_key(job_id: &str) -> String {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     /// The same store's URL signer, where the backend has one (S3, GCS).
-    signer: Option<Arc<dyn Signer>>,
+    signer: Option<DynSigner>,
     url: String,
 }
 
@@ -114,18 +113,17 @@ impl Storage {
         let Some(signer) = &self.signer else {
             return Ok(None);
         };
-        let mut query = Vec::new();
-        if let Some(ct) = &headers.content_type {
-            query.push(("response-content-type", ct.as_str()));
+        #[cfg(not(any(feature = "s3", feature = "gcs")))]
+        {
+            let _ = (key, expires_in, headers);
+            match *signer {}
         }
-        if let Some(cd) = &headers.content_disposition {
-            query.push(("response-content-disposition", cd.as_str()));
+        #[cfg(any(feature = "s3", feature = "gcs"))]
+        {
+            signed_url(signer.as_ref(), key, expires_in, headers)
+                .await
+                .map(Some)
         }
-        let opts = SignedUrlOptions::default().with_query(query);
-        let url = signer
-            .signed_url_opts(Method::GET, &Path::from(key), expires_in, &opts)
-            .await?;
-        Ok(Some(url))
     }
 
     /// The URL this store was opened from.
@@ -196,11 +194,41 @@ fn parse_cloud_url(url: &str) -> Result<(url::Url, String), StorageError> {
     Ok((parsed, prefix))
 }
 
+/// A URL signer (S3, GCS); nothing can sign without those features.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+type DynSigner = Arc<dyn object_store::signer::Signer>;
+#[cfg(not(any(feature = "s3", feature = "gcs")))]
+type DynSigner = std::convert::Infallible;
+
 /// A cloud store and its signer, both under the URL's prefix.
-type CloudStore = (Arc<dyn ObjectStore>, Arc<dyn Signer>);
+type CloudStore = (Arc<dyn ObjectStore>, DynSigner);
 
 #[cfg(any(feature = "s3", feature = "gcs"))]
-fn with_prefix(store: impl ObjectStore + Signer, prefix: String) -> CloudStore {
+async fn signed_url(
+    signer: &dyn object_store::signer::Signer,
+    key: &str,
+    expires_in: Duration,
+    headers: &DownloadHeaders,
+) -> Result<url::Url, StorageError> {
+    use object_store::signer::{Method, SignedUrlOptions};
+    let mut query = Vec::new();
+    if let Some(ct) = &headers.content_type {
+        query.push(("response-content-type", ct.as_str()));
+    }
+    if let Some(cd) = &headers.content_disposition {
+        query.push(("response-content-disposition", cd.as_str()));
+    }
+    let opts = SignedUrlOptions::default().with_query(query);
+    Ok(signer
+        .signed_url_opts(Method::GET, &Path::from(key), expires_in, &opts)
+        .await?)
+}
+
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn with_prefix(
+    store: impl ObjectStore + object_store::signer::Signer,
+    prefix: String,
+) -> CloudStore {
     if prefix.is_empty() {
         let store = Arc::new(store);
         (store.clone(), store)
