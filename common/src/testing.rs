@@ -90,3 +90,205 @@ pub async fn postgres_database() -> String {
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
     format!("{base}/{name}")
 }
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An S3-protocol server (`s3s-fs`, which `scripts/test-services.sh` installs and names in
+/// `BACKLESS_TEST_S3FS`) on a free loopback port, serving buckets from a temp dir; killed on drop.
+pub struct S3Server {
+    port: u16,
+    child: Child,
+    root: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &'static str = "backless";
+    pub const SECRET_KEY: &'static str = "backless-secret";
+
+    /// Start it with one empty bucket, `bucket`.
+    pub fn start(bucket: &str) -> Self {
+        let bin = std::env::var("BACKLESS_TEST_S3FS")
+            .expect("BACKLESS_TEST_S3FS is not set: scripts/test.sh installs s3s-fs and sets it");
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(bucket)).unwrap();
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY])
+            .args(["--secret-key", Self::SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        wait_for_port(port, "s3s-fs");
+        Self { port, child, root }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the server keeps its buckets (one folder each).
+    pub fn root(&self) -> &std::path::Path {
+        self.root.path()
+    }
+
+    /// The `AWS_*` variables object_store's S3 builder reads to reach this server.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private PostgreSQL cluster (Debian's `postgresql` package, `initdb` + `pg_ctl` from
+/// `/usr/lib/postgresql/*/bin`) in a temp dir on a free loopback port, so a test can stop and
+/// start it without disturbing the shared test server. Runs as the `postgres` user when the test
+/// runs as root (PostgreSQL refuses root). Stopped on drop.
+pub struct PostgresServer {
+    port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    running: bool,
+}
+
+impl PostgresServer {
+    /// `initdb` a fresh cluster (superuser `backless`, trust auth on loopback) and start it.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: scripts/test.sh installs Debian's postgresql")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").is_file())
+            .max()
+            .expect("no initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let server = Self {
+            port: free_port(),
+            bin,
+            dir,
+            running: false,
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(server.dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "cannot hand the cluster dir to postgres");
+        }
+        let status = server
+            .command("initdb")
+            .args(["-U", "backless", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .arg("-D")
+            .arg(server.data())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        let mut server = server;
+        server.start_again();
+        server
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    /// `postgres://` URL of the `postgres` database.
+    pub fn url(&self) -> String {
+        self.database_url("postgres")
+    }
+
+    pub fn database_url(&self, db: &str) -> String {
+        format!("postgres://backless@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Start the (stopped) server again on the same port and data.
+    pub fn start_again(&mut self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &opts, "-w", "-t", "60", "-l"])
+            .arg(self.dir.path().join("log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl start");
+        assert!(status.success(), "pg_ctl start failed");
+        self.running = true;
+        wait_for_port(self.port, "postgres");
+    }
+
+    /// Stop the server the hard way (`-m immediate`: connections cut, as in a crash).
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status();
+        self.running = false;
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -109,7 +109,7 @@ fn every_setting_in_deploy_files_is_read_by_the_code() {
 #[test]
 fn compose_services_build_existing_targets() {
     let targets = dockerfile_targets();
-    for t in ["web", "worker", "emulator"] {
+    for t in ["web", "worker", "emulator", "s3"] {
         assert!(
             targets.contains(t),
             "Dockerfile has no `{t}` stage: {targets:?}"
@@ -117,7 +117,7 @@ fn compose_services_build_existing_targets() {
     }
     let compose = &yaml_docs("docker-compose.yml")[0];
     let services = compose["services"].as_mapping().expect("services");
-    for name in ["web", "worker", "emulator", "postgres", "redis"] {
+    for name in ["web", "worker", "emulator", "postgres", "redis", "s3"] {
         assert!(
             services.contains_key(name),
             "compose lacks the {name} service"
@@ -130,6 +130,32 @@ fn compose_services_build_existing_targets() {
                 "{name:?} builds unknown target {target}"
             );
         }
+    }
+    // Images live in the compose S3 server's bucket, reached by both services alike (their
+    // settings come through the `<<: *backless` merge key).
+    let mut merged = compose.clone();
+    merged.apply_merge().expect("merge keys");
+    for name in ["web", "worker"] {
+        let env = &merged["services"][name]["environment"];
+        let url = env["BACKLESS_STORAGE_URL"].as_str().unwrap_or_default();
+        let bucket = url
+            .strip_prefix("s3://")
+            .and_then(|u| u.split('/').next())
+            .unwrap_or_else(|| panic!("{name} does not store in S3: {url:?}"));
+        assert_eq!(
+            services["s3"]["environment"]["S3_BUCKET"].as_str(),
+            Some(bucket),
+            "{name} uses a bucket the s3 service does not create"
+        );
+        assert_eq!(env["AWS_ENDPOINT"].as_str(), Some("http://s3:9000"));
+        assert_eq!(
+            env["AWS_ACCESS_KEY_ID"],
+            services["s3"]["environment"]["S3_ACCESS_KEY"]
+        );
+        assert_eq!(
+            env["AWS_SECRET_ACCESS_KEY"],
+            services["s3"]["environment"]["S3_SECRET_KEY"]
+        );
     }
     // The worker's OIDC audience is what web asks the queue to put in tokens.
     assert_eq!(

@@ -1,51 +1,19 @@
 //! `s3://` storage against a real S3-protocol server: `s3s-fs`, which `scripts/test-services.sh`
 //! installs (`cargo install s3s-fs`) and names in `BACKLESS_TEST_S3FS`. Run by scripts/test.sh
-//! with `--features s3`; the object_store S3 client reads its endpoint and keys from the standard
-//! `AWS_*` variables, exactly as in production.
-#![cfg(feature = "s3")]
+//! with `--features s3,test-support`; the object_store S3 client reads its endpoint and keys from
+//! the standard `AWS_*` variables, exactly as in production.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backless_common::storage::{Storage, StorageError};
+use backless_common::storage::{DownloadHeaders, Storage, StorageError};
+use backless_common::testing::S3Server;
 
 #[test]
 fn s3_round_trip_against_a_real_server() {
-    let bin = std::env::var("BACKLESS_TEST_S3FS")
-        .expect("BACKLESS_TEST_S3FS is not set: scripts/test.sh installs s3s-fs and sets it");
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("backless-test")).unwrap(); // the bucket
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--access-key",
-            "backless",
-            "--secret-key",
-            "backless-secret",
-        ])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3s-fs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s3s-fs did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = S3Server::start("backless-test");
     // SAFETY: the only test in this binary, before any other thread exists.
-    unsafe {
-        std::env::set_var("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"));
-        std::env::set_var("AWS_ACCESS_KEY_ID", "backless");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "backless-secret");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("AWS_ALLOW_HTTP", "true");
+    for (k, v) in server.aws_env() {
+        unsafe { std::env::set_var(k, v) };
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -66,8 +34,8 @@ fn s3_round_trip_against_a_real_server() {
             b"result bytes"
         );
         // It really is on the server: under the bucket's folder, with the URL's prefix.
-        let on_disk = root
-            .path()
+        let on_disk = server
+            .root()
             .join("backless-test/images")
             .join(backless_common::storage::original_key(&id));
         assert_eq!(std::fs::read(&on_disk).unwrap(), photo);
@@ -90,7 +58,49 @@ fn s3_round_trip_against_a_real_server() {
             .get_opts(&"images/x".into(), object_store::GetOptions::default())
             .await;
         assert!(denied.is_err());
+
+        // A signed URL reads the object with no credentials, with the response headers it names,
+        // and stops working when it expires.
+        storage
+            .put_result(&id, b"signed bytes".to_vec().into())
+            .await
+            .unwrap();
+        assert!(storage.can_sign());
+        let headers = DownloadHeaders {
+            content_type: Some("image/png".into()),
+            content_disposition: Some("inline; filename=\"cat-nobg.png\"".into()),
+        };
+        let key = backless_common::storage::result_key(&id);
+        let url = storage
+            .signed_get_url(&key, Duration::from_secs(2), &headers)
+            .await
+            .unwrap()
+            .expect("s3 signs");
+        assert!(url.as_str().starts_with(&server.endpoint()), "{url}");
+        assert!(url.query().unwrap().contains("X-Amz-Signature="), "{url}");
+        let (status, body) = get(url.as_str()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, b"signed bytes");
+        // Tampering with the signed path is refused.
+        let other = url
+            .as_str()
+            .replace(&id, &backless_common::db::new_job_id());
+        assert_eq!(get(&other).await.0, 403);
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        let expired = get(url.as_str()).await;
+        assert_eq!(
+            expired.0,
+            403,
+            "expired URL still served: {}",
+            String::from_utf8_lossy(&expired.1)
+        );
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
+}
+
+/// GET `url` with no credentials: (status, body).
+async fn get(url: &str) -> (u16, Vec<u8>) {
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.unwrap().to_vec())
 }

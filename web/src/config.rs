@@ -33,6 +33,18 @@ pub struct WebConfig {
     pub background_loops: bool,
     /// Request rates and open streams per client (see [`crate::ratelimit`]).
     pub rate_limits: RateLimits,
+    /// How `GET /v1/jobs/{id}/result` hands out the image (`BACKLESS_RESULT_DELIVERY`).
+    pub result_delivery: ResultDelivery,
+}
+
+/// How results reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultDelivery {
+    /// Web reads the object and sends the bytes (`stream`, the default; any storage).
+    Stream,
+    /// Web answers 303 to a signed URL of the object, valid for `ttl`
+    /// (`redirect`; S3 or GCS storage; `BACKLESS_RESULT_URL_TTL`, default 5 minutes).
+    Redirect { ttl: Duration },
 }
 
 impl WebConfig {
@@ -91,6 +103,18 @@ impl WebConfig {
                     client_ip_header: s.get("BACKLESS_CLIENT_IP_HEADER").map(str::to_string),
                 }
             },
+            result_delivery: match s.string("BACKLESS_RESULT_DELIVERY", "stream").as_str() {
+                "stream" => ResultDelivery::Stream,
+                "redirect" => ResultDelivery::Redirect {
+                    ttl: s.duration("BACKLESS_RESULT_URL_TTL", Duration::from_secs(300))?,
+                },
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "BACKLESS_RESULT_DELIVERY",
+                        message: format!("{other:?}: use stream or redirect"),
+                    });
+                }
+            },
         })
     }
 }
@@ -128,5 +152,18 @@ mod tests {
         );
         assert!(WebConfig::from_pairs([("BACKLESS_RATE_LIMIT_PER_CLIENT", "-1")]).is_err());
         assert!(WebConfig::from_pairs([("BACKLESS_COOKIE_SECRET", "short")]).is_err());
+        assert_eq!(c.result_delivery, ResultDelivery::Stream);
+        let c = WebConfig::from_pairs([
+            ("BACKLESS_RESULT_DELIVERY", "redirect"),
+            ("BACKLESS_RESULT_URL_TTL", "90s"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.result_delivery,
+            ResultDelivery::Redirect {
+                ttl: Duration::from_secs(90)
+            }
+        );
+        assert!(WebConfig::from_pairs([("BACKLESS_RESULT_DELIVERY", "email")]).is_err());
     }
 }

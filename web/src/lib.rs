@@ -59,6 +59,16 @@ impl App {
             storage,
             events,
         } = components.resolve(c).await?;
+        if matches!(
+            config.result_delivery,
+            config::ResultDelivery::Redirect { .. }
+        ) && !storage.can_sign()
+        {
+            // Refuse to start rather than fail every download later.
+            return Err(StartError::Storage(
+                backless_common::storage::StorageError::CannotSign(storage.url().to_string()),
+            ));
+        }
         let tasks = Arc::new(TaskQueue::new(c.tasks.clone()));
         if c.tasks.ensure_queue
             && let Err(e) = tasks.ensure_queue().await
@@ -116,6 +126,7 @@ impl App {
                     limits: c.common.limits,
                     max_live_per_client: c.common.jobs.max_live_per_client,
                     keep_alive: c.sse_keep_alive,
+                    result_delivery: c.result_delivery,
                 },
                 ConfigApi {
                     limits: c.common.limits,

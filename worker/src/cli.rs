@@ -33,6 +33,8 @@ pub enum Command {
     Model(ModelCommand),
     /// Serve the push endpoint Cloud Tasks delivers jobs to (configured by BACKLESS_* variables).
     Serve,
+    /// Run the pending database migrations and exit (BACKLESS_DATABASE_URL).
+    Migrate,
     /// Run web, worker and the Cloud Tasks emulator together on embedded defaults.
     #[cfg(feature = "dev")]
     Dev,
@@ -460,6 +462,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench(args),
         Command::BenchOps(args) => bench_ops(args),
         Command::Serve => serve(),
+        Command::Migrate => {
+            let config = crate::config::WorkerConfig::from_env()?;
+            let applied =
+                runtime()?.block_on(backless_common::db::migrate(&config.common.database))?;
+            backless_common::db::report_migrations(&applied);
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(feature = "dev")]
         Command::Dev => runtime()?
             .block_on(crate::dev::run(

@@ -29,6 +29,13 @@ use crate::storage;
 pub enum DbError {
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
+    #[error(
+        "{} database migration(s) pending ({}) and BACKLESS_MIGRATE_ON_START is off: \
+         run `web migrate` first",
+        .0.len(),
+        .0.join(", ")
+    )]
+    Pending(Vec<String>),
     #[error("cannot prepare the database directory {path}: {source}")]
     Dir {
         path: String,
@@ -48,6 +55,25 @@ pub struct NewJob {
     pub height: u32,
 }
 
+/// `migrate` subcommands (web and worker): connect, apply what is pending, close. Returns the
+/// names applied.
+pub async fn migrate(cfg: &DatabaseConfig) -> Result<Vec<String>, DbError> {
+    let db = Db::open(cfg).await?;
+    let applied = db.migrate().await;
+    let _ = db.conn.close().await;
+    applied
+}
+
+/// Print what `migrate` did, one line per migration, to stdout.
+pub fn report_migrations(applied: &[String]) {
+    if applied.is_empty() {
+        println!("database is up to date");
+    }
+    for name in applied {
+        println!("applied {name}");
+    }
+}
+
 /// 128 random bits as 32 lowercase hex digits.
 pub fn new_job_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -65,8 +91,40 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connect (creating a SQLite file's directory if needed) and run migrations.
+    /// Connect and, as configured, run pending migrations or refuse to start while any are
+    /// pending.
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, DbError> {
+        let db = Self::open(cfg).await?;
+        if cfg.migrate_on_start {
+            db.migrate().await?;
+        } else {
+            let pending = db.pending_migrations().await?;
+            if !pending.is_empty() {
+                return Err(DbError::Pending(pending));
+            }
+        }
+        Ok(db)
+    }
+
+    /// Run the pending migrations; returns their names, in order (empty: already up to date).
+    /// Safe to run while services are up and from several processes at once.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
+        let pending = self.pending_migrations().await?;
+        migration::Migrator::up(&self.conn, None).await?;
+        Ok(pending)
+    }
+
+    /// Names of the migrations not yet applied.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbError> {
+        Ok(migration::Migrator::get_pending_migrations(&self.conn)
+            .await?
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect())
+    }
+
+    /// Connect (creating a SQLite file's directory if needed), without migrating.
+    pub async fn open(cfg: &DatabaseConfig) -> Result<Self, DbError> {
         if let Some(path) = sqlite_file_path(&cfg.url)
             && let Some(parent) = std::path::Path::new(&path).parent()
             && !parent.as_os_str().is_empty()
@@ -85,7 +143,6 @@ impl Db {
             opts.max_connections(1).min_connections(1);
         }
         let conn = sea_orm::Database::connect(opts).await?;
-        migration::Migrator::up(&conn, None).await?;
         Ok(Self { conn })
     }
 
@@ -347,6 +404,7 @@ mod tests {
         Db::connect(&DatabaseConfig {
             url: "sqlite::memory:".into(),
             max_connections: 1,
+            migrate_on_start: true,
         })
         .await
         .unwrap()
@@ -387,6 +445,7 @@ mod tests {
         Db::connect(&DatabaseConfig {
             url: crate::testing::postgres_database().await,
             max_connections,
+            migrate_on_start: true,
         })
         .await
         .unwrap()
@@ -489,6 +548,40 @@ mod tests {
         assert!(!db.mark_done(&job.id, "r", "image/png").await.unwrap());
     }
 
+    /// With migration on start off, a fresh database is refused until `migrate` ran; `migrate`
+    /// applies everything once and then has nothing left to do.
+    async fn check_migrate_before_start(url: String) {
+        let cfg = DatabaseConfig {
+            url,
+            max_connections: 2,
+            migrate_on_start: false,
+        };
+        let err = Db::connect(&cfg).await.unwrap_err();
+        assert!(
+            matches!(&err, DbError::Pending(p) if !p.is_empty()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("web migrate"), "{err}");
+        let db = Db::open(&cfg).await.unwrap();
+        let applied = db.migrate().await.unwrap();
+        assert!(!applied.is_empty());
+        assert!(db.migrate().await.unwrap().is_empty());
+        let db = Db::connect(&cfg).await.unwrap();
+        assert_eq!(db.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn migrate_before_start_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        check_migrate_before_start(format!("sqlite://{}/m.db?mode=rwc", dir.path().display()))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_migrate_before_start() {
+        check_migrate_before_start(crate::testing::postgres_database().await).await;
+    }
+
     #[tokio::test]
     async fn concurrent_claims_have_one_winner() {
         let dir = tempfile::tempdir().unwrap();
@@ -496,6 +589,7 @@ mod tests {
         let db = Db::connect(&DatabaseConfig {
             url,
             max_connections: 4,
+            migrate_on_start: true,
         })
         .await
         .unwrap();

@@ -8,6 +8,21 @@ use poem_openapi::registry::{
     MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry,
 };
 
+/// `Content-Disposition` offering `name` for download, reduced to characters safe in a header.
+pub fn content_disposition(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("inline; filename=\"{safe}\"")
+}
+
 /// Image bytes with their sniffed or produced content type; never cached by shared caches.
 pub struct ImageBody {
     pub data: Bytes,
@@ -23,20 +38,10 @@ impl IntoResponse for ImageBody {
             .header(header::CACHE_CONTROL, "private, no-store")
             .header("X-Content-Type-Options", "nosniff");
         // Always a disposition: the browser never renders a download as a page of its own.
-        let mut disposition = "inline".to_string();
-        if let Some(name) = self.filename {
-            let safe: String = name
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            disposition = format!("inline; filename=\"{safe}\"");
-        }
+        let disposition = match self.filename {
+            Some(name) => content_disposition(&name),
+            None => "inline".to_string(),
+        };
         r.header(header::CONTENT_DISPOSITION, disposition)
             .body(self.data)
     }
@@ -58,6 +63,43 @@ impl ApiResponse for ImageBody {
                 headers: vec![],
             }],
         }
+    }
+
+    fn register(_registry: &mut Registry) {}
+}
+
+/// A result: the bytes through web, or a redirect to a signed URL of the object in the store.
+pub enum ResultBody {
+    Image(ImageBody),
+    /// 303 to a short-lived signed URL (`BACKLESS_RESULT_DELIVERY=redirect`).
+    Redirect(String),
+}
+
+impl IntoResponse for ResultBody {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Image(i) => i.into_response(),
+            Self::Redirect(url) => Response::builder()
+                .status(poem::http::StatusCode::SEE_OTHER)
+                .header(header::LOCATION, url)
+                .header(header::CACHE_CONTROL, "private, no-store")
+                .finish(),
+        }
+    }
+}
+
+impl ApiResponse for ResultBody {
+    fn meta() -> MetaResponses {
+        let mut meta = ImageBody::meta();
+        meta.responses.push(MetaResponse {
+            description: "Redirect to a short-lived signed URL of the image in object storage \
+                          (when BACKLESS_RESULT_DELIVERY=redirect).",
+            status: Some(303),
+            status_range: None,
+            content: vec![],
+            headers: vec![],
+        });
+        meta
     }
 
     fn register(_registry: &mut Registry) {}

@@ -22,7 +22,7 @@ use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiResponse, Enum, Multipart, Object, OpenApi, Tags};
 use tokio::io::AsyncReadExt;
 
-use super::image_body::ImageBody;
+use super::image_body::{ImageBody, ResultBody};
 use crate::error::{ApiResult, WebError};
 use crate::identity::{ClientId, Signer};
 use crate::lifecycle::{Shared, elapsed_ms};
@@ -41,6 +41,7 @@ pub struct JobsApi {
     pub limits: ImageLimits,
     pub max_live_per_client: u64,
     pub keep_alive: Duration,
+    pub result_delivery: crate::config::ResultDelivery,
 }
 
 /// A job's state.
@@ -592,27 +593,48 @@ impl JobsApi {
         })
     }
 
-    /// The result, once the job is done.
+    /// The result, once the job is done: the image, or with `BACKLESS_RESULT_DELIVERY=redirect`
+    /// a 303 to a signed URL of it in the object store, valid for `BACKLESS_RESULT_URL_TTL`.
     #[oai(path = "/jobs/:id/result", method = "get")]
-    async fn result(&self, req: &Request, id: Path<String>) -> ApiResult<ImageBody> {
+    async fn result(&self, req: &Request, id: Path<String>) -> ApiResult<ResultBody> {
         let (_, job) = self.owned(req, &id).await?;
         let key = match (job.state, &job.result_key) {
             (JobState::Done, Some(k)) => k.clone(),
             (JobState::Failed, _) => return Err(WebError::JobFailed.into()),
             _ => return Err(WebError::NotReady.into()),
         };
+        let content_type = job
+            .result_content_type
+            .clone()
+            .unwrap_or_else(|| job.options.format.content_type().to_string());
+        let filename = JobView::from(job).download_name;
+        if let crate::config::ResultDelivery::Redirect { ttl } = self.result_delivery {
+            let headers = backless_common::storage::DownloadHeaders {
+                content_type: Some(content_type),
+                content_disposition: Some(super::image_body::content_disposition(&filename)),
+            };
+            let url = self
+                .shared
+                .storage
+                .signed_get_url(&key, ttl, &headers)
+                .await
+                .map_err(WebError::from)?
+                .ok_or_else(|| {
+                    WebError::from(backless_common::storage::StorageError::CannotSign(
+                        self.shared.storage.url().to_string(),
+                    ))
+                })?;
+            return Ok(ResultBody::Redirect(url.to_string()));
+        }
         let data = self.shared.storage.get(&key).await.map_err(|e| match e {
             backless_common::storage::StorageError::NotFound(_) => WebError::NotFound,
             e => e.into(),
         })?;
-        let view = JobView::from(job.clone());
-        Ok(ImageBody {
+        Ok(ResultBody::Image(ImageBody {
             data,
-            content_type: job
-                .result_content_type
-                .unwrap_or_else(|| job.options.format.content_type().to_string()),
-            filename: Some(view.download_name),
-        })
+            content_type,
+            filename: Some(filename),
+        }))
     }
 
     /// Live progress as server-sent events. The first event is the job's current state (a client

@@ -6,6 +6,7 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod metrics;
+mod migrate;
 mod pipelines;
 mod queue;
 mod security;

@@ -90,3 +90,26 @@ fn large_photo_at_full_resolution() {
     let mask = seg.mask(&image::DynamicImage::ImageRgb8(img)).unwrap();
     assert_eq!(mask.dimensions(), (6000, 4000));
 }
+
+#[test]
+fn migrate_creates_the_schema_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/jobs.db?mode=rwc", dir.path().display());
+    let run = || {
+        let out = worker()
+            .arg("migrate")
+            .env("BACKLESS_DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run();
+    assert!(first.lines().any(|l| l.starts_with("applied ")), "{first}");
+    assert!(dir.path().join("jobs.db").is_file());
+    assert_eq!(run().trim(), "database is up to date");
+}

@@ -11,6 +11,8 @@ mod logs;
 mod metadata;
 mod network;
 #[cfg(feature = "dev")]
+mod pg_restart;
+#[cfg(feature = "dev")]
 mod pipelines;
 #[cfg(feature = "dev")]
 mod push_auth;
