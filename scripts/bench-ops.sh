@@ -22,10 +22,13 @@ from PIL import Image
 Image.open("worker/tests/fixtures/photos/chelsea.png").convert("RGB").resize((4000, 3000), Image.LANCZOS).save(sys.argv[1], quality=92)
 PY
 fi
+# WORKER_BIN=path uses that binary and builds nothing.
 profile="${PROFILE:-release}"
-cargo build --quiet --profile "$profile" -p backless-worker --bin worker
+if [ -z "${WORKER_BIN:-}" ]; then
+  cargo build --quiet --profile "$profile" -p backless-worker --bin worker
+fi
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-worker="${CARGO_TARGET_DIR:-$root/target}/$dir/worker"
+worker="${WORKER_BIN:-${CARGO_TARGET_DIR:-$root/target}/$dir/worker}"
 ours=$(RAYON_NUM_THREADS=1 "$worker" bench-ops "$photo" --runs "$runs")
 theirs=$(python3 scripts/bench_ops_pillow.py "$photo" "$runs")
 python3 - "$ours" "$theirs" <<'PY'
