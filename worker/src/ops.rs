@@ -516,6 +516,52 @@ mod tests {
         Ok((out, back))
     }
 
+    /// Every operation but the model's on a real photo (301x200): sizes, aspect ratio, and the
+    /// encoded result decodes back.
+    #[test]
+    fn each_operation_on_a_real_photo() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/photos/chelsea.png"
+        );
+        let photo = image::open(path).unwrap();
+        assert_eq!((photo.width(), photo.height()), (301, 200));
+        let cases: [(&[&str], (u32, u32)); 9] = [
+            (&["resize:width=150"], (150, 100)),
+            (&["resize:height=50,fit=contain"], (75, 50)),
+            (&["resize:width=100,height=100,fit=cover"], (100, 100)),
+            (&["resize:width=100,height=100,fit=contain"], (100, 66)),
+            (&["thumbnail:size=64", "encode:format=webp"], (64, 43)),
+            (
+                &[
+                    "watermark:text=Chelsea,position=top_left",
+                    "encode:format=jpeg",
+                ],
+                (301, 200),
+            ),
+            (&["filter:blur=1.5", "filter:sharpen"], (301, 200)),
+            (
+                &["filter:brightness=1.2", "filter:contrast=0.8"],
+                (301, 200),
+            ),
+            (
+                &["filter:grayscale", "encode:format=jpeg,quality=70"],
+                (301, 200),
+            ),
+        ];
+        for (ops, size) in cases {
+            let (out, back) = run_ops(&photo, ops).unwrap();
+            assert_eq!((out.width, out.height), size, "{ops:?}");
+            assert_eq!((back.width(), back.height()), size, "{ops:?}");
+            // The cat is still there: the result is not a flat image.
+            let luma = back.to_luma8();
+            let (lo, hi) = luma
+                .pixels()
+                .fold((255u8, 0u8), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
+            assert!(hi - lo > 100, "{ops:?}: range {lo}..{hi}");
+        }
+    }
+
     #[test]
     fn resize_dimensions_follow_the_fit() {
         assert_eq!(
