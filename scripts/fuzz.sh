@@ -35,7 +35,7 @@ if [ "${BACKLESS_FUZZ_STABLE:-0}" != 1 ] && cargo +nightly --version >/dev/null 
             -print_final_stats=1
     done
 else
-    echo "==> no nightly toolchain: stable run of the fuzz functions over seeds and generated inputs"
+    echo "==> stable run of the fuzz functions over seeds and generated inputs (BACKLESS_FUZZ_STABLE=1 or no nightly)"
     # About 100 inputs a second per target is a cautious estimate for the decode target.
     BACKLESS_FUZZ_ITERS="$((secs * 100))" cargo test --manifest-path fuzz/Cargo.toml -- --nocapture
 fi
