@@ -168,22 +168,36 @@ fn scale(img: &DynamicImage, w: u32, h: u32, cover: bool) -> Result<DynamicImage
     if (w, h) == (img.width(), img.height()) {
         return Ok(img.clone());
     }
-    // LumaA has no SIMD path in the resizer; RGBA does.
-    let src = match img {
-        DynamicImage::ImageLumaA8(_) => DynamicImage::ImageRgba8(img.to_rgba8()),
-        _ => img.clone(),
-    };
-    let mut dst = match &src {
-        DynamicImage::ImageLuma8(_) => DynamicImage::new_luma8(w, h),
-        DynamicImage::ImageRgb8(_) => DynamicImage::new_rgb8(w, h),
-        _ => DynamicImage::new_rgba8(w, h),
-    };
     let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
     if cover {
         options = options.fit_into_destination(None);
     }
+    resample(img, w, h, &options)
+}
+
+/// `img` resampled to `w` x `h` by the resizer with `options`, in the same pixel layout (LumaA
+/// comes back as RGBA: the resizer has no SIMD path for it, and every encoder takes RGBA).
+fn resample(
+    img: &DynamicImage,
+    w: u32,
+    h: u32,
+    options: &ResizeOptions,
+) -> Result<DynamicImage, PipelineError> {
+    let rgba;
+    let src = match img {
+        DynamicImage::ImageLumaA8(_) => {
+            rgba = DynamicImage::ImageRgba8(img.to_rgba8());
+            &rgba
+        }
+        _ => img,
+    };
+    let mut dst = match src {
+        DynamicImage::ImageLuma8(_) => DynamicImage::new_luma8(w, h),
+        DynamicImage::ImageRgb8(_) => DynamicImage::new_rgb8(w, h),
+        _ => DynamicImage::new_rgba8(w, h),
+    };
     Resizer::new()
-        .resize(&src, &mut dst, &options)
+        .resize(src, &mut dst, options)
         .map_err(|e| PipelineError::Operation(format!("resize failed: {e}")))?;
     Ok(dst)
 }
@@ -237,30 +251,19 @@ fn thumbnail(img: &DynamicImage, size: u32) -> Result<DynamicImage, PipelineErro
     // `thumbnail` (`reducing_gap`) does; the final Lanczos pass is at least 2x from the target.
     let factor = (img.width() / w).min(img.height() / h) / 2;
     if factor >= 2 {
-        let reduced = box_reduce(img, factor);
+        let reduced = box_reduce(img, factor)?;
         return scale(&reduced, w, h, false);
     }
     scale(img, w, h, false)
 }
 
 /// Average `factor` x `factor` blocks (edges keep partial blocks).
-fn box_reduce(img: &DynamicImage, factor: u32) -> DynamicImage {
+fn box_reduce(img: &DynamicImage, factor: u32) -> Result<DynamicImage, PipelineError> {
     let (w, h) = (img.width().div_ceil(factor), img.height().div_ceil(factor));
-    let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
-    options = options.use_alpha(true);
-    let src = match img {
-        DynamicImage::ImageLumaA8(_) => DynamicImage::ImageRgba8(img.to_rgba8()),
-        _ => img.clone(),
-    };
-    let mut dst = match &src {
-        DynamicImage::ImageLuma8(_) => DynamicImage::new_luma8(w, h),
-        DynamicImage::ImageRgb8(_) => DynamicImage::new_rgb8(w, h),
-        _ => DynamicImage::new_rgba8(w, h),
-    };
-    match Resizer::new().resize(&src, &mut dst, &options) {
-        Ok(()) => dst,
-        Err(_) => src,
-    }
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Box))
+        .use_alpha(true);
+    resample(img, w, h, &options)
 }
 
 /// Draw `text` near the `position` corner: white glyphs over a soft dark shadow, so it reads on
