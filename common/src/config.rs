@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::limits::ImageLimits;
+use crate::serve::HttpLimits;
 
 /// Why configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +230,8 @@ pub struct CommonConfig {
     pub tasks: TasksConfig,
     pub jobs: JobsConfig,
     pub limits: ImageLimits,
+    /// How slowly a client may send a request (slowloris).
+    pub http: HttpLimits,
 }
 
 impl Default for CommonConfig {
@@ -337,6 +340,12 @@ impl CommonConfig {
             max_side: s.parse("BACKLESS_MAX_SIDE", d.max_side)?,
             max_frames: s.parse("BACKLESS_MAX_FRAMES", d.max_frames)?,
         };
+        let d = HttpLimits::default();
+        let http = HttpLimits {
+            header_timeout: s.duration("BACKLESS_HEADER_TIMEOUT", d.header_timeout)?,
+            body_timeout: s.duration("BACKLESS_BODY_TIMEOUT", d.body_timeout)?,
+            body_min_rate: s.parse("BACKLESS_BODY_MIN_RATE", d.body_min_rate)?,
+        };
         Ok(Self {
             database,
             storage,
@@ -344,6 +353,7 @@ impl CommonConfig {
             tasks,
             jobs,
             limits,
+            http,
         })
     }
 }

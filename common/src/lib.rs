@@ -7,6 +7,7 @@ pub mod events;
 pub mod frames;
 pub mod limits;
 pub mod ops;
+pub mod serve;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backless_common::serve::Listener;
 use backless_common::startup::Backends;
 use backless_common::tasks::TaskQueue;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::middleware::Tracing;
-use poem::{EndpointExt, Route, Server};
+use poem::{EndpointExt, Route};
 use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
@@ -37,7 +37,7 @@ use crate::lifecycle::Shared;
 
 /// A bound, not yet serving, web app.
 pub struct App {
-    acceptor: TcpAcceptor,
+    listener: Listener,
     addr: SocketAddr,
     shared: Arc<Shared>,
     config: WebConfig,
@@ -85,20 +85,15 @@ impl App {
             config.sse_poll,
         ));
         let signer = Signer::new(config.cookie_secret.clone(), config.cookie_secure);
-        let acceptor = TcpListener::bind(config.listen)
-            .into_acceptor()
+        let listener = Listener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
             })?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .unwrap_or(config.listen);
+        let addr = listener.local_addr();
         Ok(Self {
-            acceptor,
+            listener,
             addr,
             shared,
             config,
@@ -184,8 +179,9 @@ impl App {
         };
         let routes = self.routes();
         tracing::info!(addr = %self.addr, "web listening");
-        let res = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(routes, shutdown, Some(DRAIN))
+        let res = self
+            .listener
+            .serve(routes, self.config.common.http, shutdown, DRAIN)
             .await;
         let _ = stop_tx.send(true);
         if let Some(h) = loops {

@@ -19,12 +19,12 @@ use backless_common::db::{Db, Job, is_valid_job_id};
 use backless_common::events::{Events, JobEvent, Stage};
 use backless_common::limits::ImageLimits;
 use backless_common::ops::Operation;
+use backless_common::serve::Listener;
 use backless_common::startup::Backends;
 use backless_common::storage::{Storage, StorageError, result_key};
 use poem::http::{HeaderMap, StatusCode};
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::{Data, Json};
-use poem::{EndpointExt, IntoResponse, Response, Route, Server, handler, post};
+use poem::{EndpointExt, IntoResponse, Response, Route, handler, post};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
@@ -80,10 +80,11 @@ impl State {
 
 /// A bound, not yet serving, worker.
 pub struct App {
-    acceptor: TcpAcceptor,
+    listener: Listener,
     addr: SocketAddr,
     state: Arc<State>,
     loader: tokio::task::JoinHandle<()>,
+    http: backless_common::serve::HttpLimits,
 }
 
 impl App {
@@ -129,18 +130,13 @@ impl App {
             }
             let _ = tx.send(Some(loaded));
         });
-        let acceptor = TcpListener::bind(config.listen)
-            .into_acceptor()
+        let listener = Listener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
             })?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .unwrap_or(config.listen);
+        let addr = listener.local_addr();
         let state = Arc::new(State {
             db,
             storage,
@@ -158,10 +154,11 @@ impl App {
             tracing::warn!(%addr, "push endpoint accepts unauthenticated requests; set BACKLESS_PUSH_OIDC_AUDIENCE or BACKLESS_PUSH_SECRET");
         }
         Ok(Self {
-            acceptor,
+            listener,
             addr,
             state,
             loader,
+            http: c.http,
         })
     }
 
@@ -186,8 +183,9 @@ impl App {
             .data(Arc::clone(&self.state))
             .with(poem::middleware::Tracing);
         tracing::info!(addr = %self.addr, "worker listening");
-        let res = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(routes, shutdown, Some(Duration::from_secs(60)))
+        let res = self
+            .listener
+            .serve(routes, self.http, shutdown, Duration::from_secs(60))
             .await;
         self.loader.abort();
         res

@@ -308,6 +308,86 @@ async fn enormous_header_values_are_refused_and_the_server_lives_on() {
 }
 
 #[tokio::test]
+async fn slowloris_uploads_are_cut_off_and_store_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(&[
+        ("BACKLESS_HEADER_TIMEOUT", "500ms"),
+        ("BACKLESS_BODY_TIMEOUT", "500ms"),
+        ("BACKLESS_BODY_MIN_RATE", "1000"),
+    ])
+    .await;
+    let addr = app
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+
+    // A body trickled at 20 bytes per second: 408 within the allowance, nothing kept.
+    let png = png_bytes(64, 64);
+    let mut body = b"--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.png\"\r\ncontent-type: image/png\r\n\r\n".to_vec();
+    body.extend_from_slice(&png);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nhost: {addr}\r\ncontent-type: multipart/form-data; boundary=XyZ\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let began = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for b in body {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+    trickle.abort();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(app.job_rows().await, 0);
+    assert!(app.stored_files().is_empty());
+
+    // A request head trickled a byte at a time: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let began = Instant::now();
+    let mut closed = false;
+    for b in "GET /v1/jobs HTTP/1.1\r\nhost: x\r\nx-pad: "
+        .bytes()
+        .chain(std::iter::repeat_n(b'a', 200))
+    {
+        if slow.write_all(&[b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if began.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    if !closed {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), slow.read(&mut buf)).await;
+        closed = matches!(n, Ok(Ok(0) | Err(_)));
+    }
+    assert!(closed, "a trickled head kept its connection");
+
+    // Clients that keep up are served as usual.
+    let c = browser();
+    app.create_job(&c).await;
+    assert_eq!(app.job_rows().await, 1);
+}
+
+#[tokio::test]
 async fn storage_failure_during_upload_is_503_and_leaks_nothing() {
     let app = spawn_app(&[]).await;
     // The objects folder becomes a file: every write fails (even as root).
