@@ -76,8 +76,10 @@ def worker_ready_ms(worker, model, threads):
 
 
 def rembg_ready_ms(rembg, model, threads):
+    # rembg loads a custom model only from inside its home (point it at ours), and reads `extras`
+    # from the query string.
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), REMBG_HOME=os.path.join(ROOT, "models"))
     extras = json.dumps({"model_path": os.path.join(ROOT, "models", model + ".onnx")})
     with open(PHOTO, "rb") as f:
         photo = f.read()
@@ -89,7 +91,7 @@ def rembg_ready_ms(rembg, model, threads):
         wait_until(proc, lambda: requests.get(base + "/api", timeout=2).status_code == 200)
         listening = (time.perf_counter() - t0) * 1e3
         r = requests.post(base + "/api/remove", files={"file": ("a.png", photo, "image/png")},
-                          data={"model": REMBG_SESSION[model], "extras": extras}, timeout=300)
+                          data={"model": REMBG_SESSION[model]}, params={"extras": extras}, timeout=300)
         if r.status_code != 200 or not r.content.startswith(b"\x89PNG"):
             raise RuntimeError(f"rembg answered {r.status_code}: {r.content[:200]!r}")
         return listening, (time.perf_counter() - t0) * 1e3
@@ -117,7 +119,8 @@ def main():
                               dict(os.environ, RAYON_NUM_THREADS=str(threads)))
             extras = json.dumps({"model_path": os.path.join(ROOT, "models", model + ".onnx")})
             rembg_cli = cli_ms([rembg, "i", "-m", REMBG_SESSION[model], "-x", extras, PHOTO,
-                                os.path.join(tmp, f"r{i}.png")], dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                                os.path.join(tmp, f"r{i}.png")],
+                               dict(os.environ, OMP_NUM_THREADS=str(threads), REMBG_HOME=os.path.join(ROOT, "models")))
             row = {"model": model, "run": i, "worker_ready_ms": round(ours), "rembg_listening_ms": round(listening),
                    "rembg_ready_ms": round(first), "worker_cli_ms": round(ours_cli), "rembg_cli_ms": round(rembg_cli)}
             rows.append(row)

@@ -468,9 +468,13 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
     let limits = state.limits;
     let ops = pipeline.operations().to_vec();
     let run = tokio::task::spawn_blocking(move || {
-        ops::run(&ops, &original, &limits, segmenter.as_deref(), |p| {
+        let out = ops::run(&ops, &original, &limits, segmenter.as_deref(), |p| {
             let _ = progress_tx.send(p);
-        })
+        });
+        drop(original);
+        // The image's buffers are freed by now; hand the pages back so RSS stays flat.
+        crate::memory::release_free_memory();
+        out
     });
     let ops = pipeline.operations();
     while let Some(p) = progress_rx.recv().await {
