@@ -74,10 +74,21 @@ export BACKLESS_MODELS_DIR="$root/models"
 # (a finished job is deleted once its grace window after the last watcher ran out; keep them all
 # for the final check).
 export BACKLESS_UNWATCHED_TTL=2h BACKLESS_GRACE=2h BACKLESS_DATABASE_MAX_CONNECTIONS=20
+# Every simulated client comes from 127.0.0.1: the per-address rate limit would make them one
+# client (429s); the per-client limits stay on.
+export BACKLESS_RATE_LIMIT_PER_IP=0
+# The queue sends no more pushes at once than the worker admits, as a production queue should be
+# configured (cloudbuild.yaml): beyond it the worker answers 503 and the retries back off for
+# minutes, which a burst of 200 uploads turns into a long drain.
+in_flight="${WORKER_IN_FLIGHT:-8}"
+export BACKLESS_WORKER_MAX_IN_FLIGHT="$in_flight"
 export RUST_LOG=warn
 
 "$target/web" migrate >/dev/null
 wait_http "http://127.0.0.1:$emu_port/v2/$queue"
+curl -fs -X PATCH "http://127.0.0.1:$emu_port/v2/$queue?updateMask=rateLimits.maxConcurrentDispatches" \
+    -H 'content-type: application/json' \
+    -d "{\"rateLimits\": {\"maxConcurrentDispatches\": $in_flight}}" >/dev/null
 "$target/web" >"$work/web.log" 2>&1 &
 web_pid=$!
 pids+=("$web_pid")
