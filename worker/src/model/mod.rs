@@ -275,11 +275,13 @@ impl Segmenter {
 }
 
 /// The device inference runs on: the first CUDA GPU when built with `--features cuda` and one is
-/// present, else the CPU.
+/// usable, else the CPU. candle's `cuda_if_available` only asks whether the feature is compiled in,
+/// so on a machine with no GPU (or a driver that cannot run) it fails instead of falling back.
 pub fn default_device() -> candle_core::Result<Device> {
-    if cfg!(feature = "cuda") {
-        Device::cuda_if_available(0)
-    } else {
-        Ok(Device::Cpu)
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(device) => return Ok(device),
+        Err(e) => tracing::warn!(error = %e, "no usable CUDA GPU, running on the CPU"),
     }
+    Ok(Device::Cpu)
 }
