@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backless_common::config::CommonConfig;
-use backless_common::db::{Db, JobOptions, JobState, NewJob, new_job_id};
+use backless_common::db::{Db, JobState};
 use backless_common::events::{Events, InProcessEvents};
 use backless_common::storage::Storage;
 use backless_common::tasks::TaskQueue;
@@ -155,10 +155,7 @@ async fn rig(extra: &[(&str, &str)], gate_permits: usize) -> Rig {
     .unwrap();
     let worker_url = format!("http://{}", worker.addr());
     let state = worker.state();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(worker.run_until_stopped(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let stop_tx = crate::serve_worker(worker);
     pairs.push(("BACKLESS_WORKER_URL".into(), worker_url.clone()));
     let common = CommonConfig::from_pairs(pairs).unwrap();
     let db = Db::connect(&common.database).await.unwrap();
@@ -180,22 +177,7 @@ async fn rig(extra: &[(&str, &str)], gate_permits: usize) -> Rig {
 impl Rig {
     /// A job as web records it (original stored, record inserted), not yet enqueued.
     async fn job(&self) -> String {
-        let id = new_job_id();
-        let photo = std::fs::read(crate::fixture("fixtures/photos/astronaut.png")).unwrap();
-        self.storage.put_original(&id, photo.into()).await.unwrap();
-        self.db
-            .insert(NewJob {
-                id: id.clone(),
-                owner: "c".into(),
-                name: "astronaut".into(),
-                options: JobOptions::default(),
-                original_content_type: "image/png".into(),
-                width: 256,
-                height: 256,
-            })
-            .await
-            .unwrap();
-        id
+        crate::record_astronaut_job(&self.db, &self.storage).await
     }
 
     async fn wait_done(&self, id: &str) {
@@ -217,10 +199,7 @@ impl Rig {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        crate::metric_sample(&text, name_and_labels)
     }
 
     /// Every file under the store's folder.

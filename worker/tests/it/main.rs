@@ -60,3 +60,44 @@ pub fn load(name: &str) -> backless_worker::model::Segmenter {
     backless_worker::model::Segmenter::load(&models_dir(), name, &candle_core::Device::Cpu)
         .expect("model loads")
 }
+
+/// Serve `worker` in the background until the returned sender says `true` (or is dropped).
+pub fn serve_worker(worker: backless_worker::server::App) -> tokio::sync::watch::Sender<bool> {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(worker.run_until_stopped(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    stop_tx
+}
+
+/// A job as web records it, not yet enqueued: the astronaut fixture stored as its original and
+/// its record inserted. Returns the job id.
+pub async fn record_astronaut_job(
+    db: &backless_common::db::Db,
+    storage: &backless_common::storage::Storage,
+) -> String {
+    let id = backless_common::db::new_job_id();
+    let photo = std::fs::read(fixture("fixtures/photos/astronaut.png")).unwrap();
+    storage.put_original(&id, photo.into()).await.unwrap();
+    db.insert(backless_common::db::NewJob {
+        id: id.clone(),
+        owner: "c".into(),
+        name: "astronaut".into(),
+        options: backless_common::db::JobOptions::default(),
+        original_content_type: "image/png".into(),
+        width: 256,
+        height: 256,
+    })
+    .await
+    .unwrap();
+    id
+}
+
+/// The value of `name{labels}` in a Prometheus text body (0 when absent).
+pub fn metric_sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -5,20 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backless_common::config::CommonConfig;
-use backless_common::db::{Db, JobOptions, JobState, NewJob, new_job_id};
+use backless_common::db::{Db, JobState};
 use backless_common::events::{Events, InProcessEvents};
 use backless_common::storage::Storage;
 use backless_common::tasks::TaskQueue;
 use backless_emulator::{Emulator, EmulatorConfig};
-
-/// `name{label="value"} N` in a Prometheus text body.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn busy_job_answers_503_and_the_retry_finishes_it() {
@@ -56,10 +47,7 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
     .unwrap();
     let worker_url = format!("http://{}", worker.addr());
     let state = worker.state();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(worker.run_until_stopped(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let stop_tx = crate::serve_worker(worker);
 
     // A job as web records it, except that another delivery holds it for 3 s.
     let mut pairs = pairs;
@@ -67,20 +55,7 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
     let common = CommonConfig::from_pairs(pairs).unwrap();
     let db = Db::connect(&common.database).await.unwrap();
     let storage = Storage::from_config(&common.storage).unwrap();
-    let id = new_job_id();
-    let photo = std::fs::read(crate::fixture("fixtures/photos/astronaut.png")).unwrap();
-    storage.put_original(&id, photo.into()).await.unwrap();
-    db.insert(NewJob {
-        id: id.clone(),
-        owner: "c".into(),
-        name: "astronaut".into(),
-        options: JobOptions::default(),
-        original_content_type: "image/png".into(),
-        width: 256,
-        height: 256,
-    })
-    .await
-    .unwrap();
+    let id = crate::record_astronaut_job(&db, &storage).await;
     assert!(db.try_claim(&id, Duration::from_secs(3)).await.unwrap());
 
     let tasks = TaskQueue::new(common.tasks.clone());
@@ -102,12 +77,12 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
         .text()
         .await
         .unwrap();
-    let retries = sample(&metrics, "backless_worker_pushes_total{outcome=\"retry\"}");
-    let done = sample(&metrics, "backless_worker_pushes_total{outcome=\"done\"}");
+    let retries = crate::metric_sample(&metrics, "backless_worker_pushes_total{outcome=\"retry\"}");
+    let done = crate::metric_sample(&metrics, "backless_worker_pushes_total{outcome=\"done\"}");
     assert!(retries >= 1.0, "no 503 was answered:\n{metrics}");
     assert_eq!(done, 1.0, "{metrics}");
     assert_eq!(state.model_runs(), 1);
-    assert!(sample(&metrics, "backless_worker_model_runs_total") == 1.0);
+    assert!(crate::metric_sample(&metrics, "backless_worker_model_runs_total") == 1.0);
     assert!(metrics.contains("backless_worker_inference_seconds_count{model=\"u2netp\"} 1"));
     let _ = stop_tx.send(true);
     emulator.shutdown().await;

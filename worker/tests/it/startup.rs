@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use backless_common::config::CommonConfig;
-use backless_common::db::{Db, JobOptions, JobState, NewJob, new_job_id};
+use backless_common::db::{Db, JobState};
 use backless_common::storage::Storage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -31,20 +31,7 @@ async fn push_during_start_up_waits_for_the_models() {
     let common = CommonConfig::from_pairs(pairs.clone()).unwrap();
     let db = Db::connect(&common.database).await.unwrap();
     let storage = Storage::from_config(&common.storage).unwrap();
-    let id = new_job_id();
-    let photo = std::fs::read(crate::fixture("fixtures/photos/astronaut.png")).unwrap();
-    storage.put_original(&id, photo.into()).await.unwrap();
-    db.insert(NewJob {
-        id: id.clone(),
-        owner: "c".into(),
-        name: "astronaut".into(),
-        options: JobOptions::default(),
-        original_content_type: "image/png".into(),
-        width: 256,
-        height: 256,
-    })
-    .await
-    .unwrap();
+    let id = crate::record_astronaut_job(&db, &storage).await;
 
     let worker = backless_worker::server::App::build(
         backless_worker::config::WorkerConfig::from_pairs(pairs).unwrap(),
@@ -53,10 +40,7 @@ async fn push_during_start_up_waits_for_the_models() {
     .unwrap();
     let url = format!("http://{}", worker.addr());
     let state = worker.state();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(worker.run_until_stopped(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let stop_tx = crate::serve_worker(worker);
 
     let http = reqwest::Client::new();
     let ready = http.get(format!("{url}/readyz")).send().await.unwrap();
