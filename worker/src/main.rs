@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     backless_common::telemetry::init("info");
-    backless_worker::memory::limit_arenas();
+    backless_worker::memory::tune_malloc();
     match backless_worker::cli::run(backless_worker::cli::Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

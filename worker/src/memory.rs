@@ -6,21 +6,41 @@
 //! blocking pool and the inference threads all touching image buffers, the resident size steps
 //! up whenever the work lands on a thread whose arena had not grown yet, and never comes down.
 //! So: few arenas, and free pages handed back to the kernel after each image.
+//!
+//! Within one image the opposite holds: a forward pass allocates and frees hundreds of MB of
+//! activations, layer after layer, and every fresh page costs a page fault and a cleared page
+//! (U²-NetP: ~120,000 faults, about a tenth of its forward time, with malloc's defaults, which
+//! serve each activation of 1 MB or more with its own `mmap` and unmap it when it is freed).
+//! So allocations below 32 MiB (malloc's largest mmap threshold) come from the heap, the heap is
+//! not trimmed on every `free`, and [`release_free_memory`] trims it once per image instead.
 
-/// Cap malloc's arenas at two unless `MALLOC_ARENA_MAX` says otherwise. Call once, early in
-/// `main`, before threads start.
-pub fn limit_arenas() {
+/// Cap malloc's arenas at two unless `MALLOC_ARENA_MAX` says otherwise, and keep activations
+/// on the heap (see the module comment) unless `MALLOC_MMAP_THRESHOLD_` or
+/// `MALLOC_TRIM_THRESHOLD_` say otherwise. Call once, early in `main`, before threads start.
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only adjusts allocator parameters; M_ARENA_MAX takes any positive int.
+    {
+        let unset = |name: &str| std::env::var_os(name).is_none();
+        // SAFETY: mallopt only adjusts allocator parameters, each within its documented range
+        // (M_ARENA_MAX any positive int, M_MMAP_THRESHOLD at most 32 MiB on 64-bit).
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            if unset("MALLOC_ARENA_MAX") {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+            if unset("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            }
+            if unset("MALLOC_TRIM_THRESHOLD_") {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            }
         }
     }
 }
 
-/// Return free heap pages to the kernel (after an image's buffers were dropped).
+/// After an image: free the convolution workspace kept between forward passes and return free
+/// heap pages to the kernel.
 pub fn release_free_memory() {
+    crate::model::kernels::release_workspace();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim walks malloc's own free lists; it is thread-safe.
     unsafe {

@@ -268,9 +268,9 @@ impl Segmenter {
 
     /// Run the network on a normalised `(1, 3, H, W)` tensor; returns `(1, 1, H, W)` in [0, 1].
     pub fn forward(&self, input: &Tensor) -> Result<Tensor, ModelError> {
-        let out = self.network.forward(&input.to_device(&self.device)?);
-        kernels::release_workspace();
-        Ok(out?)
+        // The convolution workspace is kept for the next pass; the worker frees it after each
+        // image (`memory::release_free_memory`).
+        Ok(self.network.forward(&input.to_device(&self.device)?)?)
     }
 }
 

@@ -254,7 +254,8 @@ mod tests {
         let dev = Device::Cpu;
         // (in, out, kernel, dilation, stride, h, w): channels off any block size, all dilations,
         // 1x1, IS-Net's stride-2 stem, and maps smaller than the dilation; layers of 16+ channels
-        // take the Winograd path.
+        // take the Winograd path (F(4x4) up to 128 x 128 channel pairs, F(2x2) above), layers of
+        // at most 4 outputs the direct one.
         let cases = [
             (3, 16, 3, 1, 1, 57, 83),
             (13, 37, 3, 1, 1, 57, 83),
@@ -269,6 +270,15 @@ mod tests {
             (6, 1, 1, 1, 1, 57, 83),
             (21, 5, 1, 1, 1, 57, 83),
             (19, 1, 3, 1, 1, 57, 83),
+            (9, 3, 3, 2, 1, 57, 83),
+            (8, 2, 3, 1, 1, 1, 1),
+            (130, 96, 3, 1, 1, 57, 83),
+            (140, 130, 3, 2, 1, 23, 19),
+            // Wide inputs on large maps: the padded copy is made in several bands of tile rows
+            // (F(4x4), F(4x4) dilated, F(2x2)).
+            (256, 24, 3, 1, 1, 120, 200),
+            (200, 20, 3, 2, 1, 100, 150),
+            (256, 80, 3, 1, 1, 90, 100),
             (3, 16, 3, 1, 2, 57, 83),
             (9, 11, 3, 8, 1, 5, 3),
             // Wide enough for Winograd, but the map is too small for it to pay: im2col on

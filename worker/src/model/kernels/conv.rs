@@ -29,6 +29,9 @@ const WINOGRAD_BELOW: f64 = 0.75;
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// Tasks per thread wanted for load balance.
 const TASKS_PER_THREAD: usize = 3;
+/// Layers with at most this many output channels (the side outputs: 64 -> 1) convolve directly:
+/// im2col would copy the input `k²` times to feed a gemm with a single row.
+const DIRECT_MAX_OUT: usize = 4;
 
 thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -62,7 +65,8 @@ pub struct PackedConv {
     /// rebuilt from it in the rare case a map is too small for Winograd to pay).
     weight: Vec<f32>,
     bias: Vec<f32>,
-    /// The same weights transformed for Winograd F(2x2, 3x3), for stride-1 3x3 layers.
+    /// The same weights transformed for Winograd (F(4x4) or F(2x2), by width), for stride-1 3x3
+    /// layers.
     winograd: Option<WinogradConv>,
 }
 
@@ -85,8 +89,8 @@ impl PackedConv {
             && shape.padding == shape.dilation
             && shape.in_ch.min(shape.out_ch) >= WINOGRAD_MIN_CHANNELS)
             .then(|| WinogradConv::new(shape, &weight, bias.clone()));
-        // The transformed weights are 16/9 of the originals: keeping both would hold 2.8x the
-        // checkpoint in memory.
+        // The transformed weights are 16/9 (F(2x2)) or 4x (F(4x4)) the originals: keeping both
+        // would hold that much more again.
         let weight = if winograd.is_some() {
             Vec::new()
         } else {
@@ -119,9 +123,12 @@ impl PackedConv {
             assert_eq!(r.len(), s.out_ch * pixels, "residual size");
         }
         if let Some(wg) = &self.winograd
-            && WinogradConv::relative_cost(&s, h, w) < WINOGRAD_BELOW
+            && wg.relative_cost(h, w) < WINOGRAD_BELOW
         {
             return wg.run(&planes, h, w, epilogue);
+        }
+        if s.stride == 1 && s.out_ch <= DIRECT_MAX_OUT {
+            return self.run_direct(&planes, h, w, epilogue);
         }
         let rebuilt;
         let weight: &[f32] = match &self.winograd {
@@ -197,6 +204,114 @@ impl PackedConv {
             });
         });
         out
+    }
+}
+
+impl PackedConv {
+    /// Stride-1 convolution with few output channels, row by row: each output row is
+    /// accumulated in place from `in_ch * k * k` shifted input rows (an axpy each, in L1), then
+    /// finished with the epilogue. One task per band of rows.
+    fn run_direct(&self, planes: &[&[f32]], h: usize, w: usize, epilogue: Epilogue) -> Vec<f32> {
+        let s = self.shape;
+        let (ho, wo) = s.out_size(h, w);
+        let rebuilt;
+        let weight: &[f32] = match &self.winograd {
+            Some(wg) if self.weight.is_empty() => {
+                rebuilt = wg.original_weight();
+                &rebuilt
+            }
+            _ => &self.weight,
+        };
+        let mut out = vec![0f32; s.out_ch * ho * wo];
+        let band = ho.div_ceil(rayon::current_num_threads().max(1) * TASKS_PER_THREAD);
+        let dst = SharedMut::new(&mut out);
+        (0..ho.div_ceil(band)).into_par_iter().for_each(|t| {
+            let rows = t * band..((t + 1) * band).min(ho);
+            for co in 0..s.out_ch {
+                let wk =
+                    &weight[co * s.in_ch * s.kernel * s.kernel..][..s.in_ch * s.kernel * s.kernel];
+                for y in rows.clone() {
+                    let at = (co * ho + y) * wo;
+                    // SAFETY: row y of channel co belongs to this task alone; `out` outlives
+                    // the parallel loop.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), wo) };
+                    direct_row(planes, wk, &s, h, w, y, row);
+                    finish_row(row, self.bias[co], epilogue, at);
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Output row `y` of one output channel (weights `wk`, `(in_ch, k, k)`) into `row`, zeroed first.
+fn direct_row(
+    planes: &[&[f32]],
+    wk: &[f32],
+    s: &ConvShape,
+    h: usize,
+    w: usize,
+    y: usize,
+    row: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present (checked just above).
+        return unsafe { direct_row_avx2(planes, wk, s, h, w, y, row) };
+    }
+    direct_row_portable(planes, wk, s, h, w, y, row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn direct_row_avx2(
+    planes: &[&[f32]],
+    wk: &[f32],
+    s: &ConvShape,
+    h: usize,
+    w: usize,
+    y: usize,
+    row: &mut [f32],
+) {
+    direct_row_portable(planes, wk, s, h, w, y, row)
+}
+
+#[inline(always)]
+fn direct_row_portable(
+    planes: &[&[f32]],
+    wk: &[f32],
+    s: &ConvShape,
+    h: usize,
+    w: usize,
+    y: usize,
+    row: &mut [f32],
+) {
+    let (k, d, pad) = (s.kernel, s.dilation as isize, s.padding as isize);
+    let wo = row.len() as isize;
+    row.fill(0.0);
+    for (plane, taps) in planes.iter().zip(wk.chunks_exact(k * k)) {
+        for ky in 0..k {
+            let iy = y as isize + ky as isize * d - pad;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let src = &plane[iy as usize * w..][..w];
+            for kx in 0..k {
+                let off = kx as isize * d - pad;
+                // Output columns x with 0 <= x + off < w.
+                let lo = (-off).clamp(0, wo);
+                let hi = (w as isize - off).clamp(lo, wo);
+                if lo == hi {
+                    continue;
+                }
+                let tap = taps[ky * k + kx];
+                let (lo, hi) = (lo as usize, hi as usize);
+                let input = &src[(lo as isize + off) as usize..(hi as isize + off) as usize];
+                for (o, &x) in row[lo..hi].iter_mut().zip(input) {
+                    *o += tap * x;
+                }
+            }
+        }
     }
 }
 

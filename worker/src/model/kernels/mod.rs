@@ -2,8 +2,10 @@
 //! on the CPU. Other devices keep candle's own ops.
 //!
 //! - [`conv`]: 3x3 / 1x1 convolution as tiled im2col + `gemm`, with bias, ReLU, a residual add and
-//!   channel concatenation fused in, one tile per rayon task.
-//! - [`winograd`]: F(2x2, 3x3) for the stride-1 3x3 layers (dilated too) wide enough to gain.
+//!   channel concatenation fused in, one tile per rayon task; layers with at most 4 outputs
+//!   (the side outputs) convolve directly, row by row.
+//! - [`winograd`]: F(4x4, 3x3) and F(2x2, 3x3) for the stride-1 3x3 layers (dilated too) wide
+//!   enough to gain, with weights packed at load time for its own AVX2 micro-kernel.
 //! - [`resample`]: ceil-mode 2x2 max pooling and half-pixel bilinear resizing, one channel plane
 //!   per task.
 
