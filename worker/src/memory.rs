@@ -5,14 +5,16 @@
 //! arena for each thread that contends for one (up to 8 per core): with tokio workers, the
 //! blocking pool and the inference threads all touching image buffers, the resident size steps
 //! up whenever the work lands on a thread whose arena had not grown yet, and never comes down.
-//! So: few arenas, and free pages handed back to the kernel after each image.
+//! So: few arenas, and free pages handed back to the kernel once the worker is idle.
 //!
 //! Within one image the opposite holds: a forward pass allocates and frees hundreds of MB of
 //! activations, layer after layer, and every fresh page costs a page fault and a cleared page
 //! (U²-NetP: ~120,000 faults, about a tenth of its forward time, with malloc's defaults, which
 //! serve each activation of 1 MB or more with its own `mmap` and unmap it when it is freed).
 //! So allocations below 32 MiB (malloc's largest mmap threshold) come from the heap, the heap is
-//! not trimmed on every `free`, and [`release_free_memory`] trims it once per image instead.
+//! not trimmed on every `free`, and [`release_free_memory`] trims it when the worker goes idle
+//! (`server::trim_when_idle`: no job finished for 2 s and none running), so back-to-back images
+//! reuse the same pages and an idle worker holds only its models.
 
 /// Cap malloc's arenas at two unless `MALLOC_ARENA_MAX` says otherwise, and keep activations
 /// on the heap (see the module comment) unless `MALLOC_MMAP_THRESHOLD_` or
@@ -37,8 +39,8 @@ pub fn tune_malloc() {
     }
 }
 
-/// After an image: free the convolution workspace kept between forward passes and return free
-/// heap pages to the kernel.
+/// Once idle: free the convolution workspace kept between forward passes and return free heap
+/// pages to the kernel.
 pub fn release_free_memory() {
     crate::model::kernels::release_workspace();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

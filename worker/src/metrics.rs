@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Seconds from decoded image to mask, per model.
     pub inference_seconds: HistogramVec,
     pub model_runs: IntCounter,
+    /// Times the idle worker handed its free memory back (`server::trim_when_idle`).
+    pub memory_trims: IntCounter,
 }
 
 impl Default for Metrics {
@@ -54,11 +56,17 @@ impl Metrics {
         .expect("valid metric");
         let model_runs = IntCounter::new("backless_worker_model_runs_total", "Model runs started")
             .expect("valid metric");
+        let memory_trims = IntCounter::new(
+            "backless_worker_memory_trims_total",
+            "Times the idle worker handed free memory back to the system",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
             Box::new(inference_seconds.clone()),
             Box::new(model_runs.clone()),
+            Box::new(memory_trims.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -68,6 +76,7 @@ impl Metrics {
             stage_seconds,
             inference_seconds,
             model_runs,
+            memory_trims,
         }
     }
 

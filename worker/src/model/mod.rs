@@ -268,8 +268,8 @@ impl Segmenter {
 
     /// Run the network on a normalised `(1, 3, H, W)` tensor; returns `(1, 1, H, W)` in [0, 1].
     pub fn forward(&self, input: &Tensor) -> Result<Tensor, ModelError> {
-        // The convolution workspace is kept for the next pass; the worker frees it after each
-        // image (`memory::release_free_memory`).
+        // The convolution workspace is kept for the next pass; the worker frees it once idle
+        // (`memory::release_free_memory`).
         Ok(self.network.forward(&input.to_device(&self.device)?)?)
     }
 }

@@ -1,5 +1,6 @@
 //! The queue's retry path: a push that finds the job leased by another delivery gets 503 with
-//! Retry-After, and the emulator's retry, after the lease ran out, brings the job to done once.
+//! Retry-After, and the emulator's retry, after the lease ran out, brings the job to done once;
+//! then, idle, the worker hands its memory back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +85,22 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
     assert_eq!(state.model_runs(), 1);
     assert!(crate::metric_sample(&metrics, "backless_worker_model_runs_total") == 1.0);
     assert!(metrics.contains("backless_worker_inference_seconds_count{model=\"u2netp\"} 1"));
+
+    // With no further job, the idle worker hands its memory back (2 s after the last job).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = reqwest::get(format!("{worker_url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if crate::metric_sample(&metrics, "backless_worker_memory_trims_total") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no idle trim:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = stop_tx.send(true);
     emulator.shutdown().await;
 }
