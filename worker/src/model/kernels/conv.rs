@@ -104,6 +104,15 @@ impl PackedConv {
         }
     }
 
+    /// The `(out_ch, in_ch * k * k)` weights for the non-Winograd paths: as stored, or rebuilt
+    /// from the transformed ones when only those are kept (a map too small for Winograd to pay).
+    fn plain_weight(&self) -> std::borrow::Cow<'_, [f32]> {
+        match &self.winograd {
+            Some(wg) if self.weight.is_empty() => wg.original_weight().into(),
+            _ => (&self.weight[..]).into(),
+        }
+    }
+
     /// Convolve the channel concatenation of `parts` (each `(channels, h * w)` NCHW data, batch 1)
     /// and return the `(out_ch, ho * wo)` output.
     pub fn run(&self, parts: &[&[f32]], h: usize, w: usize, epilogue: Epilogue) -> Vec<f32> {
@@ -130,14 +139,7 @@ impl PackedConv {
         if s.stride == 1 && s.out_ch <= DIRECT_MAX_OUT {
             return self.run_direct(&planes, h, w, epilogue);
         }
-        let rebuilt;
-        let weight: &[f32] = match &self.winograd {
-            Some(wg) if self.weight.is_empty() => {
-                rebuilt = wg.original_weight();
-                &rebuilt
-            }
-            _ => &self.weight,
-        };
+        let weight = self.plain_weight();
         let kdim = s.in_ch * s.kernel * s.kernel;
         let threads = rayon::current_num_threads().max(1);
         let want = threads * TASKS_PER_THREAD;
@@ -214,14 +216,7 @@ impl PackedConv {
     fn run_direct(&self, planes: &[&[f32]], h: usize, w: usize, epilogue: Epilogue) -> Vec<f32> {
         let s = self.shape;
         let (ho, wo) = s.out_size(h, w);
-        let rebuilt;
-        let weight: &[f32] = match &self.winograd {
-            Some(wg) if self.weight.is_empty() => {
-                rebuilt = wg.original_weight();
-                &rebuilt
-            }
-            _ => &self.weight,
-        };
+        let weight = self.plain_weight();
         let mut out = vec![0f32; s.out_ch * ho * wo];
         let band = ho.div_ceil(rayon::current_num_threads().max(1) * TASKS_PER_THREAD);
         let dst = SharedMut::new(&mut out);
@@ -255,7 +250,7 @@ fn direct_row(
     row: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if super::has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present (checked just above).
         return unsafe { direct_row_avx2(planes, wk, s, h, w, y, row) };
     }

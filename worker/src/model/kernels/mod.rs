@@ -50,6 +50,12 @@ pub fn from_nchw(data: Vec<f32>, c: usize, h: usize, w: usize) -> Result<Tensor>
     Tensor::from_vec(data, (1, c, h, w), &Device::Cpu)
 }
 
+/// Whether the AVX2 + FMA versions of the kernels can run on this CPU.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 /// A raw pointer that rayon tasks share to write disjoint parts of one output buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(*mut f32);

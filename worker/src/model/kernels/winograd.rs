@@ -21,6 +21,8 @@ use rayon::prelude::*;
 
 use super::SharedMut;
 use super::conv::{ConvShape, Epilogue, finish_row, finish_value};
+#[cfg(target_arch = "x86_64")]
+use super::has_avx2_fma;
 
 /// Bytes of padded input per band of tile rows (a share of the last-level cache).
 const BAND_BYTES: usize = 4 << 20;
@@ -792,11 +794,6 @@ unsafe fn block<const R: usize>(
             cp = cp.wrapping_add(ldc);
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// Tiles transformed together, one per SIMD lane.
