@@ -800,8 +800,8 @@ impl Engine {
                             response_status: Some(model::response_status(status)),
                         };
                         if t.first_attempt.is_none() {
+                            // The service keeps only the dispatch time of the first attempt.
                             t.first_attempt = Some(pb::Attempt {
-                                schedule_time: t.schedule_time,
                                 dispatch_time: Some(ts(started)),
                                 ..Default::default()
                             });

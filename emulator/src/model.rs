@@ -291,7 +291,8 @@ fn valid_email(email: &str) -> bool {
 }
 
 /// Validates an HTTP task at creation and brings it to its stored form: method
-/// defaulted, headers sanitised, User-Agent set, deadline defaulted.
+/// defaulted, headers sanitised, User-Agent set (and Content-Type defaulted for a body),
+/// deadline defaulted.
 pub fn normalize_http_task(task: &mut pb::Task) -> Result<(), ApiError> {
     let req = match task.message_type.as_mut() {
         None => return Err(ApiError::invalid("Task.payload_type is not set.")),
@@ -360,6 +361,17 @@ pub fn normalize_http_task(task: &mut pb::Task) -> Result<(), ApiError> {
     }
     req.headers
         .insert("User-Agent".into(), "Google-Cloud-Tasks".into());
+    // The service's default for a task with a body (HttpRequest.headers): a task that names its
+    // own Content-Type, in any letter case, keeps it.
+    if !req.body.is_empty()
+        && !req
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.headers
+            .insert("Content-Type".into(), "application/octet-stream".into());
+    }
 
     match &task.dispatch_deadline {
         None => task.dispatch_deadline = Some(pb_duration(DEFAULT_DISPATCH_DEADLINE)),

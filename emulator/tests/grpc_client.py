@@ -86,6 +86,8 @@ def main():
         parent=qn, task=tasks_v2.Task(http_request=tasks_v2.HttpRequest(url=f"{sink}/unnamed", body=b"x"))
     )
     assert unnamed.name.rsplit("/", 1)[1].isdigit(), unnamed.name
+    # A body without a Content-Type gets the service's default.
+    assert unnamed.http_request.headers["Content-Type"] == "application/octet-stream", unnamed
 
     pager = client.list_tasks(request={"parent": qn, "page_size": 1, "response_view": tasks_v2.Task.View.FULL})
     pages = list(pager.pages)

@@ -453,3 +453,85 @@ async fn target_hanging_past_the_deadline_is_reported_as_504_and_retried() {
     assert_eq!(got[1].header("x-cloudtasks-taskexecutioncount"), Some("0"));
     emu.shutdown().await;
 }
+
+/// HttpRequest.headers: a task with a body gets `Content-Type: application/octet-stream` unless
+/// it names its own (in any letter case); a task without a body gets none. The stored task shows
+/// the default, as it shows `User-Agent`.
+#[tokio::test]
+async fn a_body_without_content_type_is_sent_as_octet_stream() {
+    let emu = start().await;
+    let sink = Sink::start().await;
+    let c = client(&emu).await;
+    queue_with(&c, "types", RetryConfig::new(), RateLimits::new()).await;
+    let raw = push(
+        &c,
+        "types",
+        HttpRequest::new().set_url(sink.url("/raw")).set_body("raw"),
+    )
+    .await;
+    assert_eq!(
+        raw.http_request().unwrap().headers.get("Content-Type"),
+        Some(&"application/octet-stream".to_string())
+    );
+    let own = push(
+        &c,
+        "types",
+        HttpRequest::new()
+            .set_url(sink.url("/own"))
+            .set_headers([("content-type", "text/plain")])
+            .set_body("own"),
+    )
+    .await;
+    let own_headers = &own.http_request().unwrap().headers;
+    assert_eq!(own_headers.get("content-type"), Some(&"text/plain".into()));
+    assert!(!own_headers.contains_key("Content-Type"), "{own_headers:?}");
+    push(&c, "types", HttpRequest::new().set_url(sink.url("/empty"))).await;
+
+    let got = sink.wait_for(3, Duration::from_secs(5)).await;
+    let by_uri = |uri: &str| got.iter().find(|r| r.uri == uri).unwrap();
+    assert_eq!(
+        by_uri("/raw").header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(by_uri("/own").header("content-type"), Some("text/plain"));
+    assert_eq!(by_uri("/empty").header("content-type"), None);
+    emu.shutdown().await;
+}
+
+/// Of the first attempt the service keeps only its dispatch time; the last attempt has all four
+/// fields.
+#[tokio::test]
+async fn the_first_attempt_keeps_only_its_dispatch_time() {
+    let emu = start().await;
+    let sink = Sink::start().await;
+    let c = client(&emu).await;
+    queue_with(
+        &c,
+        "attempts",
+        backoff(2000, 2000, 16, 5),
+        RateLimits::new(),
+    )
+    .await;
+    sink.script([Reply::Status(500), Reply::Status(200)]);
+    let t = push(&c, "attempts", HttpRequest::new().set_url(sink.url("/a"))).await;
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    // The response is recorded just after the target answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let task = loop {
+        let task = c.get_task().set_name(t.name.clone()).send().await.unwrap();
+        if task.last_attempt.is_some() || Instant::now() > deadline {
+            break task;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let first = task.first_attempt.expect("first attempt recorded");
+    assert!(first.dispatch_time.is_some());
+    assert!(first.schedule_time.is_none(), "{first:?}");
+    assert!(first.response_time.is_none(), "{first:?}");
+    assert!(first.response_status.is_none(), "{first:?}");
+    let last = task.last_attempt.expect("last attempt recorded");
+    assert!(last.schedule_time.is_some() && last.dispatch_time.is_some());
+    assert!(last.response_time.is_some());
+    assert_eq!(last.response_status.unwrap().code, 13);
+    emu.shutdown().await;
+}
