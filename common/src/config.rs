@@ -219,6 +219,9 @@ pub struct JobsConfig {
     pub max_live_per_client: u64,
     /// How long a worker owns a job after claiming it (a crashed worker's job is re-claimable after).
     pub claim_lease: Duration,
+    /// Deliveries that may claim one job; the next one fails it with `too_many_attempts`, so a
+    /// job that kills its worker cannot be redelivered into the same crash forever.
+    pub max_attempts: u32,
 }
 
 /// Everything web and worker share.
@@ -332,13 +335,21 @@ impl CommonConfig {
             unwatched_ttl: s.duration("BACKLESS_UNWATCHED_TTL", Duration::from_secs(3600))?,
             max_live_per_client: s.parse("BACKLESS_MAX_LIVE_JOBS_PER_CLIENT", 5)?,
             claim_lease: s.duration("BACKLESS_CLAIM_LEASE", Duration::from_secs(600))?,
+            max_attempts: s.parse("BACKLESS_MAX_ATTEMPTS", 5)?,
         };
+        if jobs.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "BACKLESS_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
         let d = ImageLimits::default();
         let limits = ImageLimits {
             max_bytes: s.parse("BACKLESS_MAX_UPLOAD_BYTES", d.max_bytes)?,
             max_pixels: s.parse("BACKLESS_MAX_PIXELS", d.max_pixels)?,
             max_side: s.parse("BACKLESS_MAX_SIDE", d.max_side)?,
             max_frames: s.parse("BACKLESS_MAX_FRAMES", d.max_frames)?,
+            max_working_bytes: s.parse("BACKLESS_MAX_WORKING_BYTES", d.max_working_bytes)?,
         };
         let d = HttpLimits::default();
         let http = HttpLimits {
@@ -385,6 +396,7 @@ mod tests {
         assert_eq!(c.jobs.grace, Duration::from_secs(30));
         assert_eq!(c.jobs.unwatched_ttl, Duration::from_secs(3600));
         assert_eq!(c.limits, ImageLimits::default());
+        assert_eq!(c.jobs.max_attempts, 5);
     }
 
     #[test]
@@ -427,6 +439,7 @@ mod tests {
         assert!(CommonConfig::from_pairs([("BACKLESS_DATABASE_URL", "mysql://x")]).is_err());
         assert!(CommonConfig::from_pairs([("BACKLESS_REDIS_URL", "http://x")]).is_err());
         assert!(CommonConfig::from_pairs([("BACKLESS_TASKS_QUEUE", "a/b")]).is_err());
+        assert!(CommonConfig::from_pairs([("BACKLESS_MAX_ATTEMPTS", "0")]).is_err());
     }
 
     #[test]

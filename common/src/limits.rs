@@ -16,6 +16,14 @@ pub struct ImageLimits {
     /// from the container structure, before any pixel is decoded).
     #[serde(default = "default_max_frames")]
     pub max_frames: u32,
+    /// Most bytes of image buffers one job may hold at once, estimated by the job's
+    /// [`Plan`](crate::job::Plan) before anything is allocated.
+    #[serde(default = "default_max_working_bytes")]
+    pub max_working_bytes: u64,
+}
+
+fn default_max_working_bytes() -> u64 {
+    ImageLimits::default().max_working_bytes
 }
 
 fn default_max_frames() -> u32 {
@@ -29,6 +37,7 @@ impl Default for ImageLimits {
             max_pixels: 40_000_000,
             max_side: 20_000,
             max_frames: 1_000,
+            max_working_bytes: 2 << 30,
         }
     }
 }
@@ -99,6 +108,19 @@ pub enum LimitError {
     TooManyBytes { size: u64, max_bytes: u64 },
     #[error("the animation has {frames} frames; the limit is {max_frames}")]
     TooManyFrames { frames: u32, max_frames: u32 },
+}
+
+impl LimitError {
+    /// Stable, machine-readable code: the same in web (at upload) and the worker (at decode).
+    pub fn code(&self) -> &'static str {
+        match self {
+            LimitError::EmptyImage => "empty_image",
+            LimitError::SideTooLarge { .. } => "image_side_too_large",
+            LimitError::TooManyPixels { .. } => "too_many_pixels",
+            LimitError::TooManyBytes { .. } => "file_too_large",
+            LimitError::TooManyFrames { .. } => "too_many_frames",
+        }
+    }
 }
 
 #[cfg(test)]

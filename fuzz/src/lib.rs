@@ -15,6 +15,7 @@ pub fn limits() -> ImageLimits {
         max_pixels: 1 << 20,
         max_side: 4096,
         max_frames: 64,
+        max_working_bytes: 256 << 20,
     }
 }
 

@@ -36,7 +36,10 @@ pub enum WebError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error(transparent)]
-    InvalidPipeline(backless_common::ops::OpsError),
+    InvalidPipeline(backless_common::job::OpsError),
+    /// The pipeline is valid, but on this image it would break a limit.
+    #[error(transparent)]
+    Plan(#[from] backless_common::job::PlanError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -145,16 +148,8 @@ impl From<WebError> for ErrorResponse {
                     "The image file is damaged or truncated.",
                 ))
             }
-            WebError::ImageLimit(l) => {
-                let code = match l {
-                    LimitError::EmptyImage => "empty_image",
-                    LimitError::SideTooLarge { .. } => "image_side_too_large",
-                    LimitError::TooManyPixels { .. } => "too_many_pixels",
-                    LimitError::TooManyBytes { .. } => "file_too_large",
-                    LimitError::TooManyFrames { .. } => "too_many_frames",
-                };
-                R::Unprocessable(body(code, l.to_string()))
-            }
+            WebError::ImageLimit(l) => R::Unprocessable(body(l.code(), l.to_string())),
+            WebError::Plan(e) => R::Unprocessable(body(e.code(), e.to_string())),
             WebError::InvalidOption { field, reason } => {
                 R::BadRequest(body("invalid_option", format!("{field}: {reason}")))
             }

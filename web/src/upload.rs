@@ -4,7 +4,9 @@
 
 use std::io::Cursor;
 
+use backless_common::job::Size;
 use backless_common::limits::ImageLimits;
+use image::ImageDecoder;
 
 use crate::error::WebError;
 
@@ -65,8 +67,12 @@ pub fn sniff(data: &[u8]) -> Option<Sniffed> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checked {
     pub format: Sniffed,
+    /// As stored in the file.
     pub width: u32,
     pub height: u32,
+    /// As the photo is seen and processed (EXIF orientation applied): what a job's plan starts
+    /// from.
+    pub oriented: Size,
 }
 
 /// Sniff, read the dimensions from the header and check them against the limits.
@@ -83,15 +89,20 @@ pub fn check_image(data: &[u8], limits: &ImageLimits) -> Result<Checked, WebErro
     let reader = image::ImageReader::new(Cursor::new(data))
         .with_guessed_format()
         .map_err(|e| WebError::CorruptImage(e.to_string()))?;
-    let (width, height) = reader
-        .into_dimensions()
+    let mut decoder = reader
+        .into_decoder()
         .map_err(|e| WebError::CorruptImage(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
     limits.check_dimensions(width, height)?;
     limits.check_animation(data)?;
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| WebError::CorruptImage(e.to_string()))?;
     Ok(Checked {
         format,
         width,
         height,
+        oriented: Size::new(width, height).oriented(orientation),
     })
 }
 
@@ -154,6 +165,7 @@ mod tests {
         let l = ImageLimits::default();
         let c = check_image(&png(30, 20), &l).unwrap();
         assert_eq!((c.width, c.height, c.format), (30, 20, Sniffed::Png));
+        assert_eq!(c.oriented, Size::new(30, 20));
         assert!(matches!(check_image(b"", &l), Err(WebError::EmptyFile)));
         assert!(matches!(
             check_image(b"hello", &l),

@@ -7,20 +7,24 @@
 import { DEFAULT_LIMITS, checkFile, formatBytes, formatMegapixels } from './checks.js';
 
 const $ = (id) => document.getElementById(id);
-/** Every stage the server names; operation stages sit between `received` and `stored`. */
-const STAGES = ['uploaded', 'queued', 'received', 'segmenting', 'compositing', 'cropping', 'resizing',
-  'thumbnailing', 'watermarking', 'filtering', 'encoding', 'stored', 'done'];
-/** Event ids (`seq`) of the stages outside the operations; operation i starts at 10 + 2i. */
-const FIXED_SEQ = { uploaded: 1, queued: 2, received: 3, stored: 40, done: 41 };
-/** What each operation's stage is called on the page. */
-const OP_STAGES = {
-  remove_background: [['segmenting', 'Finding the subject'], ['compositing', 'Removing the background']],
-  crop_to_subject: [['cropping', 'Cropping to the subject']],
-  resize: [['resizing', 'Resizing']],
-  thumbnail: [['thumbnailing', 'Making the thumbnail']],
-  watermark: [['watermarking', 'Adding the watermark']],
-  filter: [['filtering', 'Applying the filter']],
-  encode: [['encoding', 'Encoding']],
+/**
+ * What each stage is called on the page. Which stages a job reports, in which order and under
+ * which event ids, the server says (`job.stages`); the page keeps only the words.
+ */
+const LABELS = {
+  uploaded: 'Uploaded',
+  queued: 'Queued',
+  received: 'Picked up by a worker',
+  segmenting: 'Finding the subject',
+  compositing: 'Removing the background',
+  cropping: 'Cropping to the subject',
+  resizing: 'Resizing',
+  thumbnailing: 'Making the thumbnail',
+  watermarking: 'Adding the watermark',
+  filtering: 'Applying the filter',
+  encoding: 'Encoding',
+  stored: 'Saving the result',
+  done: 'Done',
 };
 /** Chrome allows six HTTP/1.1 connections per host; each job holds one for its event stream. */
 const MAX_AT_ONCE = 4;
@@ -30,7 +34,8 @@ const HINTS = {
   corrupt_image: 'Export the photo again, or choose another one.',
   not_an_image: 'Choose a PNG, JPEG, WebP, GIF, BMP or TIFF file.',
   model_unavailable: 'Process another photo and pick another model under Options.',
-  image_too_large: 'Resize the photo and try again.',
+  output_too_large: 'Ask for a smaller result (resize, thumbnail) and try again.',
+  over_memory_budget: 'Ask for a smaller result (resize, thumbnail) and try again.',
   too_many_pixels: 'Resize the photo and try again.',
   image_side_too_large: 'Resize the photo and try again.',
   deleted: 'Upload it again to start over.',
@@ -167,32 +172,31 @@ class Job {
 
   stopTimer() { clearInterval(this.timer); this.timer = null; this.tick(); }
 
-  /** The progress list for the job's operations, from the pipeline the server recorded. */
-  buildStages(pipeline) {
+  /** The progress list: the stages the server says this job reports, in order. */
+  buildStages(job) {
     const list = this.q('.stages');
-    for (const li of list.querySelectorAll('[data-op]')) li.remove();
-    const stored = list.querySelector('[data-stage="stored"]');
-    (pipeline || []).forEach((text, i) => {
-      const name = text.split(':')[0];
-      (OP_STAGES[name] || []).forEach(([stage, label], sub) => {
-        const li = document.createElement('li');
-        li.dataset.stage = stage;
-        li.dataset.seq = String(10 + 2 * i + sub);
-        li.dataset.op = name;
-        if (name === 'encode') label += ' as ' + (text.match(/format=(\w+)/) || [, 'PNG'])[1].toUpperCase();
-        if (name === 'filter') label += ' (' + text.slice(7).split('=')[0] + ')';
-        li.innerHTML = '<span class="stage-label"></span> <span class="stage-time"></span>';
-        li.querySelector('.stage-label').textContent = label;
-        list.insertBefore(li, stored);
-      });
-    });
+    list.replaceChildren();
+    for (const { seq, stage, operation } of job.stages || []) {
+      const op = operation === undefined || operation === null ? '' : (job.pipeline || [])[operation] || '';
+      let label = LABELS[stage] || stage;
+      if (stage === 'encoding') label += ' as ' + (op.match(/format=(\w+)/) || [, 'PNG'])[1].toUpperCase();
+      if (stage === 'filtering') label += ' (' + op.slice(7).split('=')[0] + ')';
+      const li = document.createElement('li');
+      li.dataset.stage = stage;
+      li.dataset.seq = String(seq);
+      li.innerHTML = '<span class="stage-label"></span> <span class="stage-time"></span>';
+      li.querySelector('.stage-label').textContent = label;
+      list.append(li);
+    }
   }
 
   /** Show the stage with event id `seq` as current; earlier ones as done. Never goes backwards. */
   mark(stage, elapsedMs, seq) {
-    if (seq === undefined) seq = FIXED_SEQ[stage];
-    const li = this.q(`.stages [data-seq="${seq}"]`);
+    const li = seq === undefined
+      ? this.q(`.stages [data-stage="${stage}"]`)
+      : this.q(`.stages [data-seq="${seq}"]`);
     if (!li) return;
+    seq = Number(li.dataset.seq);
     if (typeof elapsedMs === 'number') {
       // The server counts from the job's creation, i.e. the end of the upload; the page counts
       // from when the upload began.
@@ -248,7 +252,7 @@ class Job {
         this.job = (await res.json()).job;
         this.el.dataset.jobId = this.job.id;
         this.uploadMs = Date.now() - this.t0;
-        this.buildStages(this.job.pipeline);
+        this.buildStages(this.job);
         this.mark('uploaded', 0);
         this.listen();
         return;
@@ -279,7 +283,8 @@ class Job {
       try { data = JSON.parse(ev.data); } catch (_) { return; }
       this.onStage(data);
     };
-    for (const s of STAGES.concat(['failed'])) source.addEventListener(s, onEvent);
+    const names = new Set((this.job.stages || []).map((s) => s.stage).concat(['failed']));
+    for (const s of names) source.addEventListener(s, onEvent);
     source.addEventListener('open', () => {
       this.q('.connection').hidden = true;
       if (this.lostConnection) {

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use backless_common::job::Pipeline;
 use backless_common::limits::ImageLimits;
-use backless_common::ops::Pipeline;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Arch, Segmenter};
@@ -119,6 +119,10 @@ pub struct RemoveArgs {
     /// Pixels kept around the subject when cropping.
     #[arg(long, default_value_t = 0)]
     pub crop_margin: u32,
+    /// Keep the photo's colours at soft edges instead of estimating the subject's own (which
+    /// removes the old background's halo).
+    #[arg(long)]
+    pub keep_edge_colours: bool,
     /// Largest accepted image, in megapixels.
     #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
     pub max_megapixels: f64,
@@ -253,6 +257,8 @@ fn batch(
 fn limits(max_megapixels: f64) -> ImageLimits {
     ImageLimits {
         max_pixels: (max_megapixels * 1e6) as u64,
+        // Your own files on your own machine: the pixel limit is the bound you chose.
+        max_working_bytes: u64::MAX,
         ..ImageLimits::default()
     }
 }
@@ -269,6 +275,7 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
             threshold: args.crop_threshold,
             margin: args.crop_margin,
         }),
+        decontaminate: !args.keep_edge_colours,
     };
     let ext = if args.mask_only && args.format == OutputFormat::Jpeg {
         "jpg"
@@ -405,7 +412,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// One JSON line per operation: the median time over `runs`, single-threaded like Pillow.
 pub fn bench_ops(args: BenchOpsArgs) -> anyhow::Result<ExitCode> {
-    use backless_common::ops::Operation;
+    use backless_common::job::Operation;
     use std::time::Instant;
     let bytes = std::fs::read(&args.photo)?;
     let limits = ImageLimits::default();

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod foreground;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -9,8 +9,9 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use backless_common::db::OutputFormat;
+use backless_common::job::plan::{resize_dimensions, thumbnail_dimensions};
+use backless_common::job::{FilterKind, Fit, Operation, Plan, Position, Size};
 use backless_common::limits::ImageLimits;
-use backless_common::ops::{FilterKind, Fit, Operation, Position};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GrayImage, Rgba, RgbaImage};
 
@@ -50,7 +51,9 @@ impl Work {
 }
 
 /// Run `ops` (a validated pipeline, ending with `encode`) on `bytes`. `segmenter` is needed only
-/// when the pipeline removes the background.
+/// when the pipeline removes the background. The job's [`Plan`] is worked out from the header
+/// before any pixel is decoded: a pipeline that would break a limit fails here, having
+/// allocated nothing.
 pub fn run(
     ops: &[Operation],
     bytes: &[u8],
@@ -59,7 +62,11 @@ pub fn run(
     mut progress: impl FnMut(Progress),
 ) -> Result<Output, PipelineError> {
     let t = Instant::now();
-    let mut work = Work::new(pipeline::decode(bytes, limits)?);
+    let img = pipeline::decode_checked(bytes, limits, |size| {
+        Plan::new(ops, size, limits)?;
+        Ok(())
+    })?;
+    let mut work = Work::new(img);
     progress(Progress::Decoded(t.elapsed()));
     let mut encoded = None;
     for (i, op) in ops.iter().enumerate() {
@@ -98,6 +105,7 @@ pub fn apply(
         Operation::RemoveBackground {
             mask_only,
             bg_color,
+            decontaminate,
             ..
         } => {
             let seg = segmenter.ok_or(PipelineError::ModelMissing)?;
@@ -108,6 +116,7 @@ pub fn apply(
                 mask_only: *mask_only,
                 bg_color: bg_color.as_deref().and_then(|c| c.parse::<Rgb>().ok()),
                 crop: None,
+                decontaminate: *decontaminate,
             };
             let img = std::mem::replace(&mut work.img, DynamicImage::new_luma8(0, 0));
             work.img = pipeline::compose(img, &mask, &opts)?;
@@ -143,6 +152,8 @@ pub fn apply(
             work.img = apply_filter(&work.img, *filter, value);
         }
         Operation::Encode { format, quality } => {
+            // In place, so the encoder need not copy the image to clear it.
+            pipeline::clear_hidden_colour(&mut work.img);
             return Ok(Some((*format, encode(&work.img, *format, *quality)?)));
         }
     }
@@ -196,32 +207,21 @@ fn resample(
         DynamicImage::ImageRgb8(_) => DynamicImage::new_rgb8(w, h),
         _ => DynamicImage::new_rgba8(w, h),
     };
-    Resizer::new()
-        .resize(src, &mut dst, options)
-        .map_err(|e| PipelineError::Operation(format!("resize failed: {e}")))?;
+    Resizer::new().resize(src, &mut dst, options).map_err(|e| {
+        tracing::warn!(error = %e, "resampling failed");
+        PipelineError::Operation("the image could not be resized".into())
+    })?;
     Ok(dst)
 }
 
-/// Target size for `resize`, from the requested box and the image's size.
-pub fn resize_dimensions(
-    (iw, ih): (u32, u32),
-    width: Option<u32>,
-    height: Option<u32>,
-    fit: Fit,
-) -> (u32, u32) {
-    let (iw, ih) = (f64::from(iw), f64::from(ih));
-    let side = |v: f64| (v.round() as u32).max(1);
-    match (width, height) {
-        (Some(w), None) => (w, side(ih * f64::from(w) / iw)),
-        (None, Some(h)) => (side(iw * f64::from(h) / ih), h),
-        (Some(w), Some(h)) => match fit {
-            Fit::Fill | Fit::Cover => (w, h),
-            Fit::Contain => {
-                let s = (f64::from(w) / iw).min(f64::from(h) / ih);
-                (side(iw * s).min(w), side(ih * s).min(h))
-            }
-        },
-        (None, None) => (iw as u32, ih as u32),
+/// A planned side as a `u32`: the plan has checked it against the limits, so failing here means
+/// the image is not the one planned.
+fn planned(op: &str, (w, h): (u64, u64)) -> Result<(u32, u32), PipelineError> {
+    match (u32::try_from(w), u32::try_from(h)) {
+        (Ok(w), Ok(h)) => Ok((w, h)),
+        _ => Err(PipelineError::Operation(format!(
+            "{op} would make a {w}x{h} image"
+        ))),
     }
 }
 
@@ -231,7 +231,8 @@ fn resize(
     height: Option<u32>,
     fit: Fit,
 ) -> Result<DynamicImage, PipelineError> {
-    let (w, h) = resize_dimensions((img.width(), img.height()), width, height, fit);
+    let size = Size::new(img.width(), img.height());
+    let (w, h) = planned("resize", resize_dimensions(size, width, height, fit))?;
     let cover = fit == Fit::Cover && width.is_some() && height.is_some();
     scale(img, w, h, cover)
 }
@@ -241,12 +242,8 @@ fn thumbnail(img: &DynamicImage, size: u32) -> Result<DynamicImage, PipelineErro
     if img.width() <= size && img.height() <= size {
         return Ok(img.clone());
     }
-    let (w, h) = resize_dimensions(
-        (img.width(), img.height()),
-        Some(size),
-        Some(size),
-        Fit::Contain,
-    );
+    let from = Size::new(img.width(), img.height());
+    let (w, h) = planned("thumbnail", thumbnail_dimensions(from, size))?;
     // Far below the original, a box reduction first keeps Lanczos's window small, as Pillow's
     // `thumbnail` (`reducing_gap`) does; the final Lanczos pass is at least 2x from the target.
     let factor = (img.width() / w).min(img.height() / h) / 2;
@@ -309,33 +306,55 @@ fn watermark(img: &mut DynamicImage, text: &str, position: Position, opacity: f3
     };
     let shadow = (px / 16.0).max(1.0);
 
-    // Coverage of the text (and of its shadow), accumulated over all glyphs.
+    // Coverage of the text (and of its shadow), accumulated over all glyphs, kept for the box
+    // they cover only: the working memory follows the text, not the canvas.
+    let outlined: Vec<_> = glyphs
+        .into_iter()
+        .filter_map(|g| font.outline_glyph(g))
+        .collect();
     let (w, h) = (img.width(), img.height());
-    let mut text_cov = vec![0f32; (w * h) as usize];
-    let mut shadow_cov = vec![0f32; (w * h) as usize];
-    for g in glyphs {
-        let Some(outlined) = font.outline_glyph(g) else {
-            continue;
-        };
+    let (mut bx0, mut by0, mut bx1, mut by1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for o in &outlined {
+        let b = o.px_bounds();
+        bx0 = bx0.min(x0 + b.min.x);
+        by0 = by0.min(y0 + b.min.y);
+        bx1 = bx1.max(x0 + b.max.x + shadow);
+        by1 = by1.max(y0 + b.max.y + shadow);
+    }
+    let clamp = |v: f32, max: u32| v.clamp(0.0, max as f32) as u32;
+    let (bx0, by0) = (clamp(bx0.floor() - 1.0, w), clamp(by0.floor() - 1.0, h));
+    let (bx1, by1) = (clamp(bx1.ceil() + 1.0, w), clamp(by1.ceil() + 1.0, h));
+    if bx1 <= bx0 || by1 <= by0 {
+        return;
+    }
+    let (bw, bh) = ((bx1 - bx0) as usize, (by1 - by0) as usize);
+    let mut text_cov = vec![0f32; bw * bh];
+    let mut shadow_cov = vec![0f32; bw * bh];
+    for outlined in &outlined {
         let b = outlined.px_bounds();
         outlined.draw(|gx, gy, c| {
             for (cov, dx) in [(&mut text_cov, 0.0), (&mut shadow_cov, shadow)] {
                 let x = (x0 + b.min.x + gx as f32 + dx).round();
                 let y = (y0 + b.min.y + gy as f32 + dx).round();
-                if x >= 0.0 && y >= 0.0 && (x as u32) < w && (y as u32) < h {
-                    let i = (y as u32 * w + x as u32) as usize;
+                if x >= bx0 as f32 && y >= by0 as f32 && x < bx1 as f32 && y < by1 as f32 {
+                    let i = (y as u32 - by0) as usize * bw + (x as u32 - bx0) as usize;
                     cov[i] = (cov[i] + c).min(1.0);
                 }
             }
         });
     }
     let mut rgba: RgbaImage = img.to_rgba8();
-    for ((p, &t), &s) in rgba.pixels_mut().zip(&text_cov).zip(&shadow_cov) {
-        if s > 0.0 {
-            over(p, [0, 0, 0], s * opacity * 0.6);
-        }
-        if t > 0.0 {
-            over(p, [255, 255, 255], t * opacity);
+    for (row, y) in (by0..by1).enumerate() {
+        for (col, x) in (bx0..bx1).enumerate() {
+            let i = row * bw + col;
+            let (t, s) = (text_cov[i], shadow_cov[i]);
+            let p = rgba.get_pixel_mut(x, y);
+            if s > 0.0 {
+                over(p, [0, 0, 0], s * opacity * 0.6);
+            }
+            if t > 0.0 {
+                over(p, [255, 255, 255], t * opacity);
+            }
         }
     }
     *img = match img {
@@ -507,7 +526,7 @@ mod tests {
 
     fn run_ops(img: &DynamicImage, ops: &[&str]) -> Result<(Output, DynamicImage), PipelineError> {
         let models: Vec<String> = vec!["u2netp".into()];
-        let pipeline = backless_common::ops::Pipeline::parse(ops, &models).unwrap();
+        let pipeline = backless_common::job::Pipeline::parse(ops, &models).unwrap();
         let out = run(
             pipeline.operations(),
             &png(img),
@@ -563,6 +582,15 @@ mod tests {
                 .fold((255u8, 0u8), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
             assert!(hi - lo > 100, "{ops:?}: range {lo}..{hi}");
         }
+    }
+
+    fn resize_dimensions(
+        (w, h): (u32, u32),
+        width: Option<u32>,
+        height: Option<u32>,
+        fit: Fit,
+    ) -> (u64, u64) {
+        super::resize_dimensions(Size::new(w, h), width, height, fit)
     }
 
     #[test]

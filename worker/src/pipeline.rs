@@ -7,12 +7,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use backless_common::db::OutputFormat;
+use backless_common::job::{PlanError, Size};
 use backless_common::limits::{ImageLimits, LimitError};
 use candle_core::Tensor;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 
-use backless_common::ops::Operation;
+use backless_common::job::Operation;
 
 use crate::model::{ModelError, ModelInfo, ResizeFilter, Segmenter};
 use crate::ops::Progress;
@@ -34,8 +35,10 @@ pub enum PipelineError {
     Truncated,
     #[error("JPEG has no transparency: choose PNG or WebP, or give a background colour")]
     JpegNeedsBackground,
-    #[error("could not encode the result: {0}")]
+    #[error("could not encode the result")]
     Encode(#[source] image::ImageError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("no segmentation model is loaded for remove_background")]
@@ -50,12 +53,11 @@ impl PipelineError {
         match self {
             PipelineError::Empty => "empty_file",
             PipelineError::NotAnImage => "not_an_image",
-            PipelineError::Limits(LimitError::TooManyBytes { .. }) => "file_too_large",
-            PipelineError::Limits(LimitError::TooManyFrames { .. }) => "too_many_frames",
-            PipelineError::Limits(_) => "image_too_large",
+            PipelineError::Limits(e) => e.code(),
             PipelineError::Corrupt(_) | PipelineError::Truncated => "corrupt_image",
             PipelineError::JpegNeedsBackground => "jpeg_needs_background",
             PipelineError::Encode(_) => "encode_failed",
+            PipelineError::Plan(e) => e.code(),
             PipelineError::Model(_) => "model_failed",
             PipelineError::ModelMissing => "model_unavailable",
             PipelineError::Operation(_) => "operation_failed",
@@ -129,7 +131,7 @@ impl Default for Crop {
 }
 
 /// What the user asked to get back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputOptions {
     pub format: OutputFormat,
     /// Return the mask alone, as a grayscale image.
@@ -137,6 +139,21 @@ pub struct OutputOptions {
     /// Paint the background with this colour instead of making it transparent.
     pub bg_color: Option<Rgb>,
     pub crop: Option<Crop>,
+    /// Estimate the subject's colour at soft edges ([`crate::foreground`]) instead of keeping
+    /// the photo's, which carries the old background.
+    pub decontaminate: bool,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        Self {
+            format: OutputFormat::default(),
+            mask_only: false,
+            bg_color: None,
+            crop: None,
+            decontaminate: true,
+        }
+    }
 }
 
 /// Stages reported while processing, with how long the stage took.
@@ -163,6 +180,17 @@ pub struct Output {
 /// declares, then a decode bounded by
 /// `image::Limits`, then EXIF orientation applied.
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, PipelineError> {
+    decode_checked(bytes, limits, |_| Ok(()))
+}
+
+/// As [`decode`], with `before_pixels` called on the image's size as it will be decoded (EXIF
+/// orientation applied) once the header is read and before any pixel is: the place to refuse a
+/// job whose plan breaks a limit without allocating anything.
+pub fn decode_checked(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    before_pixels: impl FnOnce(Size) -> Result<(), PipelineError>,
+) -> Result<DynamicImage, PipelineError> {
     if bytes.is_empty() {
         return Err(PipelineError::Empty);
     }
@@ -202,6 +230,8 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Pipeli
     reader.limits(bounded);
     let mut decoder = reader.into_decoder().map_err(PipelineError::Corrupt)?;
     let orientation = decoder.orientation().map_err(PipelineError::Corrupt)?;
+    let (w, h) = decoder.dimensions();
+    before_pixels(Size::new(w, h).oriented(orientation))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(PipelineError::Corrupt)?;
     img.apply_orientation(orientation);
     Ok(img)
@@ -315,8 +345,8 @@ pub fn subject_box(mask: &GrayImage, crop: &Crop) -> Option<(u32, u32, u32, u32)
     }
     let x0 = x0.saturating_sub(crop.margin);
     let y0 = y0.saturating_sub(crop.margin);
-    let x1 = (x1 + crop.margin).min(mask.width() - 1);
-    let y1 = (y1 + crop.margin).min(mask.height() - 1);
+    let x1 = x1.saturating_add(crop.margin).min(mask.width() - 1);
+    let y1 = y1.saturating_add(crop.margin).min(mask.height() - 1);
     Some((x0, y0, x1 - x0 + 1, y1 - y0 + 1))
 }
 
@@ -328,27 +358,44 @@ pub fn compose(
 ) -> Result<DynamicImage, PipelineError> {
     let mut out = if opts.mask_only {
         DynamicImage::ImageLuma8(mask.clone())
-    } else if let Some(Rgb(bg)) = opts.bg_color {
-        let mut rgb = img.into_rgb8();
-        for (p, m) in rgb.pixels_mut().zip(mask.pixels()) {
-            let a = u32::from(m.0[0]);
-            for (v, b) in p.0.iter_mut().zip(bg) {
-                let mixed = u32::from(*v) * a + u32::from(b) * (255 - a);
-                *v = ((mixed + 127) / 255) as u8;
-            }
-        }
-        DynamicImage::ImageRgb8(rgb)
     } else {
-        if opts.format == OutputFormat::Jpeg {
+        if opts.format == OutputFormat::Jpeg && opts.bg_color.is_none() {
             return Err(PipelineError::JpegNeedsBackground);
         }
-        // The original colours with the mask as alpha (rembg's cut-out keeps RGB as is).
-        let rgb = img.into_rgb8();
-        let mut rgba = RgbaImage::new(rgb.width(), rgb.height());
-        for ((o, p), m) in rgba.pixels_mut().zip(rgb.pixels()).zip(mask.pixels()) {
-            o.0 = [p.0[0], p.0[1], p.0[2], m.0[0]];
+        let mut rgb = img.into_rgb8();
+        // Soft edges get the subject's own colour; where the mask is all-or-nothing there is
+        // nothing to estimate.
+        if opts.decontaminate && mask.pixels().any(|m| !matches!(m.0[0], 0 | 255)) {
+            rgb = crate::foreground::estimate_foreground(
+                &rgb,
+                mask,
+                &crate::foreground::Params::default(),
+            );
         }
-        DynamicImage::ImageRgba8(rgba)
+        match opts.bg_color {
+            Some(Rgb(bg)) => {
+                for (p, m) in rgb.pixels_mut().zip(mask.pixels()) {
+                    let a = u32::from(m.0[0]);
+                    for (v, b) in p.0.iter_mut().zip(bg) {
+                        let mixed = u32::from(*v) * a + u32::from(b) * (255 - a);
+                        *v = ((mixed + 127) / 255) as u8;
+                    }
+                }
+                DynamicImage::ImageRgb8(rgb)
+            }
+            None => {
+                // The mask as alpha; where it is 0 the colour is 0 too, so nothing of the
+                // removed background survives in the file.
+                let mut rgba = RgbaImage::new(rgb.width(), rgb.height());
+                for ((o, p), m) in rgba.pixels_mut().zip(rgb.pixels()).zip(mask.pixels()) {
+                    o.0 = match m.0[0] {
+                        0 => [0; 4],
+                        a => [p.0[0], p.0[1], p.0[2], a],
+                    };
+                }
+                DynamicImage::ImageRgba8(rgba)
+            }
+        }
     };
     if let Some(crop) = &opts.crop
         && let Some((x, y, w, h)) = subject_box(mask, crop)
@@ -358,8 +405,45 @@ pub fn compose(
     Ok(out)
 }
 
-/// Encode in the requested format (WebP is lossless; metadata is never copied).
+/// True when some fully transparent pixel still carries a colour.
+fn carries_hidden_colour(img: &DynamicImage) -> bool {
+    match img {
+        DynamicImage::ImageLumaA8(b) => b.pixels().any(|p| p.0[1] == 0 && p.0[0] != 0),
+        DynamicImage::ImageRgba8(b) => b.pixels().any(|p| p.0[3] == 0 && p.0 != [0; 4]),
+        _ => false,
+    }
+}
+
+/// Set the colour of every fully transparent pixel to 0: an image's hidden colours are whatever
+/// was there before (the removed background, an upload's own hidden pixels), and anyone who
+/// drops the alpha channel would see them.
+pub fn clear_hidden_colour(img: &mut DynamicImage) {
+    match img {
+        DynamicImage::ImageLumaA8(b) => b
+            .pixels_mut()
+            .filter(|p| p.0[1] == 0)
+            .for_each(|p| p.0 = [0; 2]),
+        DynamicImage::ImageRgba8(b) => b
+            .pixels_mut()
+            .filter(|p| p.0[3] == 0)
+            .for_each(|p| p.0 = [0; 4]),
+        _ => {}
+    }
+}
+
+/// Encode in the requested format (WebP is lossless; metadata is never copied). Fully
+/// transparent pixels are written with colour 0 (see [`clear_hidden_colour`]; the image is
+/// copied only when it still has such colours).
 pub fn encode(img: &DynamicImage, format: OutputFormat) -> Result<Vec<u8>, PipelineError> {
+    let cleared;
+    let img = if format != OutputFormat::Jpeg && carries_hidden_colour(img) {
+        let mut copy = img.clone();
+        clear_hidden_colour(&mut copy);
+        cleared = copy;
+        &cleared
+    } else {
+        img
+    };
     let mut buf = Cursor::new(Vec::new());
     let result = match format {
         OutputFormat::Png => img.write_to(&mut buf, ImageFormat::Png),
@@ -383,6 +467,7 @@ impl OutputOptions {
             model: model.to_string(),
             mask_only: self.mask_only,
             bg_color: self.bg_color.map(String::from),
+            decontaminate: self.decontaminate,
         }];
         if let Some(c) = self.crop {
             ops.push(Operation::CropToSubject {
@@ -454,6 +539,41 @@ mod tests {
         };
         assert_eq!(subject_box(&m, &c), Some((3, 1, 8, 8)));
         assert_eq!(subject_box(&GrayImage::new(4, 4), &c), None);
+        // A margin past any image is clamped, never wrapped.
+        let wide = Crop {
+            threshold: 10,
+            margin: u32::MAX,
+        };
+        assert_eq!(subject_box(&m, &wide), Some((0, 0, 20, 10)));
+    }
+
+    #[test]
+    fn nothing_of_the_background_survives_under_alpha_0() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 2, image::Rgb([200, 100, 50])));
+        let mut mask = GrayImage::new(4, 2);
+        mask.put_pixel(1, 0, image::Luma([255]));
+        mask.put_pixel(2, 0, image::Luma([128]));
+        let out = compose(img, &mask, &OutputOptions::default()).unwrap();
+        let px = out.to_rgba8();
+        assert_eq!(px.get_pixel(0, 0).0, [0, 0, 0, 0]);
+        assert_eq!(px.get_pixel(1, 0).0, [200, 100, 50, 255]);
+        assert_eq!(px.get_pixel(2, 0).0[3], 128);
+        // Whatever reaches the encoder (here an upload's own hidden colours) is cleared too.
+        let hidden =
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(3, 3, image::Rgba([9, 8, 7, 0])));
+        for format in [OutputFormat::Png, OutputFormat::Webp] {
+            let back = image::load_from_memory(&encode(&hidden, format).unwrap())
+                .unwrap()
+                .to_rgba8();
+            assert!(back.pixels().all(|p| p.0 == [0; 4]), "{format:?}");
+        }
+        let la = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(
+            2,
+            2,
+            image::LumaA([77, 0]),
+        ));
+        let back = image::load_from_memory(&encode(&la, OutputFormat::Png).unwrap()).unwrap();
+        assert!(back.to_luma_alpha8().pixels().all(|p| p.0 == [0, 0]));
     }
 
     #[test]

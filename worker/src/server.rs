@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use backless_common::db::{Db, Job, is_valid_job_id};
 use backless_common::events::{Events, JobEvent, Stage};
+use backless_common::job::{MODELS, Pipeline};
 use backless_common::limits::ImageLimits;
-use backless_common::ops::Operation;
 use backless_common::serve::Listener;
 use backless_common::startup::Backends;
 use backless_common::storage::{Storage, StorageError, result_key};
@@ -46,6 +46,10 @@ pub struct State {
     events: Arc<dyn Events>,
     limits: ImageLimits,
     lease: Duration,
+    /// Deliveries that may claim one job (see [`JobsConfig::max_attempts`]).
+    ///
+    /// [`JobsConfig::max_attempts`]: backless_common::config::JobsConfig::max_attempts
+    max_attempts: u32,
     models: watch::Receiver<Option<Models>>,
     inference: Semaphore,
     /// Pushes admitted at once; beyond it 503 + Retry-After.
@@ -147,6 +151,7 @@ impl App {
             events,
             limits: c.limits,
             lease: c.jobs.claim_lease,
+            max_attempts: c.jobs.max_attempts,
             models: rx,
             inference: Semaphore::new(config.concurrency.max(1)),
             admission: Semaphore::new(config.max_in_flight.max(1)),
@@ -376,19 +381,6 @@ async fn publish_event(state: &State, job: &Job, event: JobEvent) {
     }
 }
 
-/// The progress stage an operation reports.
-fn op_stage(op: &Operation) -> Stage {
-    match op {
-        Operation::RemoveBackground { .. } => Stage::Segmenting,
-        Operation::CropToSubject { .. } => Stage::Cropping,
-        Operation::Resize { .. } => Stage::Resizing,
-        Operation::Thumbnail { .. } => Stage::Thumbnailing,
-        Operation::Watermark { .. } => Stage::Watermarking,
-        Operation::Filter { .. } => Stage::Filtering,
-        Operation::Encode { .. } => Stage::Encoding,
-    }
-}
-
 fn observe_stage(state: &State, name: &str, took: Duration) {
     state
         .metrics
@@ -461,6 +453,24 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
             return Outcome::Retry("database", 5);
         }
     }
+    // The claim counted this delivery. Deliveries that hit a transient failure give their claim
+    // back, so a job claimed this often has died with its worker each time: fail it, answering
+    // 2xx, so the queue stops redelivering it into the same crash.
+    let attempt = i64::from(job.attempts) + 1;
+    if attempt > i64::from(state.max_attempts) {
+        tracing::warn!(attempt, "job delivered too often; failing it");
+        let msg = format!(
+            "the job was attempted {} times without finishing",
+            attempt - 1
+        );
+        return fail(state, &job, "too_many_attempts", &msg).await;
+    }
+    // The record is trusted no more than the push: a pipeline web never validated (a job planted
+    // in the database, a record from an older version) is checked again.
+    let known: Vec<String> = MODELS.iter().map(|m| m.to_string()).collect();
+    if let Err(e) = Pipeline::new(pipeline.operations().to_vec(), &known) {
+        return fail(state, &job, e.code(), &e.to_string()).await;
+    }
     publish(state, &job, Stage::Received).await;
     let segmenter = match (pipeline.model(), &models) {
         (Some(name), Some(models)) => match models.get(name) {
@@ -512,7 +522,7 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
         match p {
             Progress::Decoded(took) => observe_stage(state, "decode", took),
             Progress::Started(i) => {
-                let event = JobEvent::operation(op_stage(&ops[i]), i, elapsed_ms(&job));
+                let event = JobEvent::operation(ops[i].stage(), i, elapsed_ms(&job));
                 publish_event(state, &job, event).await;
             }
             Progress::Segmented(took) => {

@@ -4,7 +4,8 @@ use sea_orm::FromJsonQueryResult;
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::Pipeline;
+pub use crate::job::{DEFAULT_MODEL, MODELS, OutputFormat, normalize_color};
+use crate::job::{Operation, Pipeline};
 
 /// Where a job is in its life. `done` and `failed` are final.
 #[derive(
@@ -38,64 +39,6 @@ impl JobState {
     }
 }
 
-/// Output encoding of the result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    #[default]
-    Png,
-    Webp,
-    Jpeg,
-}
-
-impl OutputFormat {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::Png => "image/png",
-            Self::Webp => "image/webp",
-            Self::Jpeg => "image/jpeg",
-        }
-    }
-
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Webp => "webp",
-            Self::Jpeg => "jpg",
-        }
-    }
-
-    /// The format's name as clients write it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Webp => "webp",
-            Self::Jpeg => "jpeg",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "png" => Some(Self::Png),
-            "webp" => Some(Self::Webp),
-            "jpeg" | "jpg" => Some(Self::Jpeg),
-            _ => None,
-        }
-    }
-}
-
-impl std::str::FromStr for OutputFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s).ok_or_else(|| format!("unknown format {s:?}; use png, webp or jpeg"))
-    }
-}
-
-/// The segmentation networks the worker knows.
-pub const MODELS: &[&str] = &["u2netp", "u2net", "isnet"];
-/// The model used when the client names none.
-pub const DEFAULT_MODEL: &str = "u2netp";
-
 /// What the client asked for, stored as JSON on the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromJsonQueryResult)]
 pub struct JobOptions {
@@ -119,7 +62,28 @@ impl JobOptions {
     pub fn pipeline(&self) -> Pipeline {
         self.pipeline
             .clone()
-            .unwrap_or_else(|| Pipeline::from_options(self))
+            .unwrap_or_else(|| self.plain_pipeline())
+    }
+
+    /// The pipeline the plain background-removal fields describe.
+    pub fn plain_pipeline(&self) -> Pipeline {
+        let mut ops = vec![Operation::RemoveBackground {
+            model: self.model.clone(),
+            mask_only: self.mask_only,
+            bg_color: self.bg_color.clone(),
+            decontaminate: true,
+        }];
+        if self.crop {
+            ops.push(Operation::CropToSubject {
+                threshold: 10,
+                margin: 0,
+            });
+        }
+        ops.push(Operation::Encode {
+            format: self.format,
+            quality: None,
+        });
+        Pipeline::from_validated(ops)
     }
 }
 
@@ -133,22 +97,6 @@ impl Default for JobOptions {
             crop: false,
             pipeline: None,
         }
-    }
-}
-
-/// Parse `#rgb` / `#rrggbb` (the `#` optional) into a normalised `#rrggbb`.
-pub fn normalize_color(s: &str) -> Option<String> {
-    let h = s.trim().trim_start_matches('#').to_ascii_lowercase();
-    if !h.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    match h.len() {
-        6 => Some(format!("#{h}")),
-        3 => Some(format!(
-            "#{}",
-            h.chars().flat_map(|c| [c, c]).collect::<String>()
-        )),
-        _ => None,
     }
 }
 
@@ -176,7 +124,8 @@ pub struct Model {
     pub height: i32,
     /// Outbox flag: the Cloud Tasks task exists.
     pub enqueued: bool,
-    /// Deliveries that claimed the job (worker lease).
+    /// Deliveries that claimed the job and did not give it back (a delivery that hits a
+    /// transient failure releases its claim; one whose worker dies keeps it).
     pub attempts: i32,
     /// A worker owns the job until then.
     pub claimed_until: Option<DateTimeUtc>,
@@ -189,3 +138,47 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl From<JobState> for crate::job::Stage {
+    /// The stage a stored job state corresponds to (what a new watcher is told first).
+    fn from(state: JobState) -> Self {
+        use crate::job::Stage;
+        match state {
+            JobState::Queued => Stage::Queued,
+            JobState::Processing => Stage::Received,
+            JobState::Done => Stage::Done,
+            JobState::Failed => Stage::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_describe_a_pipeline() {
+        let o = JobOptions {
+            crop: true,
+            format: OutputFormat::Webp,
+            ..Default::default()
+        };
+        let p = o.plain_pipeline();
+        assert_eq!(
+            p.to_strings(),
+            [
+                "remove_background:model=u2netp",
+                "crop_to_subject:threshold=10,margin=0",
+                "encode:format=webp"
+            ]
+        );
+    }
+
+    #[test]
+    fn jobs_stored_before_pipelines_still_read() {
+        let old =
+            r#"{"model":"u2netp","format":"png","mask_only":false,"bg_color":null,"crop":false}"#;
+        let o: JobOptions = serde_json::from_str(old).unwrap();
+        assert_eq!(o.pipeline(), o.plain_pipeline());
+    }
+}

@@ -291,10 +291,15 @@ impl Db {
     }
 
     /// Give a claimed job back (`processing` -> `queued`, lease cleared) after a transient failure,
-    /// so the queue's retry can claim it at once instead of waiting for the lease to run out.
+    /// so the queue's retry can claim it at once instead of waiting for the lease to run out. The
+    /// claim's attempt is given back too: `attempts` counts deliveries that died holding the job.
     pub async fn release(&self, id: &str) -> Result<bool, DbError> {
         let res = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued))
+            .col_expr(
+                job::Column::Attempts,
+                Expr::col(job::Column::Attempts).sub(1),
+            )
             .col_expr(
                 job::Column::ClaimedUntil,
                 Expr::value(Option::<chrono::DateTime<Utc>>::None),
@@ -531,6 +536,16 @@ mod tests {
         let job = db.insert(new_job("alice")).await.unwrap();
         assert!(db.try_claim(&job.id, Duration::ZERO).await.unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            db.try_claim(&job.id, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(db.get(&job.id).await.unwrap().unwrap().attempts, 2);
+        // A delivery that gives the job back does not count against it.
+        assert!(db.release(&job.id).await.unwrap());
+        assert_eq!(db.get(&job.id).await.unwrap().unwrap().attempts, 1);
+        assert!(!db.release(&job.id).await.unwrap());
         assert!(
             db.try_claim(&job.id, Duration::from_secs(60))
                 .await

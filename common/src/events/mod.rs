@@ -20,104 +20,11 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::config::EventsConfig;
-use crate::db::JobState;
 
 mod redis;
 pub use redis::{RedisEvents, RedisOptions};
 
-/// The pipeline stages a user watches, in order. Between `received` and `stored` come the
-/// job's operations, each with its own stage (a plain background removal: `segmenting`,
-/// `compositing`, `encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// The original is stored and the job recorded (web).
-    Uploaded,
-    /// The task is in the queue (web).
-    Queued,
-    /// A worker took the task (worker).
-    Received,
-    /// `remove_background`: the model is running (worker).
-    Segmenting,
-    /// `remove_background`: the mask is applied (worker).
-    Compositing,
-    /// `crop_to_subject` (worker).
-    Cropping,
-    /// `resize` (worker).
-    Resizing,
-    /// `thumbnail` (worker).
-    Thumbnailing,
-    /// `watermark` (worker).
-    Watermarking,
-    /// `filter` (worker).
-    Filtering,
-    /// `encode` (worker).
-    Encoding,
-    /// The result is stored (worker).
-    Stored,
-    /// Final: the result can be fetched.
-    Done,
-    /// Final: see `error_code` / `message`.
-    Failed,
-}
-
-/// Event ids of operation stages: operation `i` starts at `OPS_SEQ + 2 * i`.
-pub const OPS_SEQ: u64 = 10;
-
-impl Stage {
-    /// Position in the pipeline, used as the SSE event id. An operation's stage is placed as if
-    /// it were the job's first operation; [`JobEvent::operation`] places it at its real index.
-    pub fn seq(self) -> u64 {
-        match self {
-            Self::Uploaded => 1,
-            Self::Queued => 2,
-            Self::Received => 3,
-            Self::Compositing => OPS_SEQ + 1,
-            Self::Segmenting
-            | Self::Cropping
-            | Self::Resizing
-            | Self::Thumbnailing
-            | Self::Watermarking
-            | Self::Filtering
-            | Self::Encoding => OPS_SEQ,
-            Self::Stored => 40,
-            Self::Done | Self::Failed => 41,
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Uploaded => "uploaded",
-            Self::Queued => "queued",
-            Self::Received => "received",
-            Self::Segmenting => "segmenting",
-            Self::Compositing => "compositing",
-            Self::Cropping => "cropping",
-            Self::Resizing => "resizing",
-            Self::Thumbnailing => "thumbnailing",
-            Self::Watermarking => "watermarking",
-            Self::Filtering => "filtering",
-            Self::Encoding => "encoding",
-            Self::Stored => "stored",
-            Self::Done => "done",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// The stage a stored job state corresponds to (what a new watcher is told first).
-    pub fn from_state(state: JobState) -> Self {
-        match state {
-            JobState::Queued => Self::Queued,
-            JobState::Processing => Self::Received,
-            JobState::Done => Self::Done,
-            JobState::Failed => Self::Failed,
-        }
-    }
-}
+pub use crate::job::{OPS_SEQ, Stage};
 
 /// One progress event, as JSON on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,9 +265,9 @@ mod tests {
         assert_eq!(back, e);
         assert!(Stage::Uploaded.seq() < Stage::Done.seq());
         // Eight operations (the most a pipeline has) fit below `stored`.
-        let last = JobEvent::operation(Stage::Compositing, crate::ops::MAX_OPERATIONS - 1, 0);
+        let last = JobEvent::operation(Stage::Compositing, crate::job::MAX_OPERATIONS - 1, 0);
         assert!(Stage::Received.seq() < JobEvent::operation(Stage::Resizing, 0, 0).seq);
         assert!(last.seq < Stage::Stored.seq(), "{}", last.seq);
-        assert_eq!(Stage::from_state(JobState::Done), Stage::Done);
+        assert_eq!(Stage::from(crate::db::JobState::Done), Stage::Done);
     }
 }

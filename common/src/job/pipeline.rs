@@ -24,8 +24,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::job::{DEFAULT_MODEL, normalize_color};
-use crate::db::{JobOptions, OutputFormat};
+use super::colour::normalize_color;
+use super::format::OutputFormat;
+use super::model::DEFAULT_MODEL;
 
 /// Most operations one job may carry.
 pub const MAX_OPERATIONS: usize = 8;
@@ -119,6 +120,10 @@ pub enum Operation {
         /// Paint the background `#rrggbb` instead of making it transparent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bg_color: Option<String>,
+        /// Estimate the subject's own colour at soft edges, so no halo of the old background
+        /// is left (on by default; `false` keeps the photo's colours under the mask).
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        decontaminate: bool,
     },
     /// Crop to the subject's bounding box (needs `remove_background` before it).
     CropToSubject {
@@ -182,6 +187,14 @@ impl Operation {
             quality: None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(v: &bool) -> bool {
+    *v
 }
 
 /// Why a pipeline was refused. Each has a stable [`code`](OpsError::code).
@@ -290,23 +303,8 @@ impl Pipeline {
         Self::new(ops, models)
     }
 
-    /// The pipeline the plain background-removal options describe.
-    pub fn from_options(o: &JobOptions) -> Self {
-        let mut ops = vec![Operation::RemoveBackground {
-            model: o.model.clone(),
-            mask_only: o.mask_only,
-            bg_color: o.bg_color.clone(),
-        }];
-        if o.crop {
-            ops.push(Operation::CropToSubject {
-                threshold: 10,
-                margin: 0,
-            });
-        }
-        ops.push(Operation::Encode {
-            format: o.format,
-            quality: None,
-        });
+    /// Wrap operations already known to be valid (built by code, not by a client).
+    pub(crate) fn from_validated(ops: Vec<Operation>) -> Self {
         Self(ops)
     }
 
@@ -328,6 +326,20 @@ impl Pipeline {
             Some(Operation::Encode { format, .. }) => *format,
             _ => OutputFormat::Png,
         }
+    }
+
+    /// What this pipeline will do to an image of `input` size, or which limit it would break.
+    pub fn plan(
+        &self,
+        input: super::plan::Size,
+        limits: &crate::limits::ImageLimits,
+    ) -> Result<super::plan::Plan, super::plan::PlanError> {
+        super::plan::Plan::new(&self.0, input, limits)
+    }
+
+    /// The events a job running this pipeline reports, in order.
+    pub fn stages(&self) -> Vec<super::plan::PlannedStage> {
+        super::plan::stages(&self.0)
     }
 
     /// The operations as text, one per entry.
@@ -355,7 +367,13 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
                 return bad(format!("bg_color {c:?} must be #rrggbb"));
             }
         }
-        Operation::CropToSubject { .. } => {}
+        Operation::CropToSubject { margin, .. } => {
+            if *margin > MAX_TARGET_SIDE {
+                return bad(format!(
+                    "margin must be 0 to {MAX_TARGET_SIDE} pixels, not {margin}"
+                ));
+            }
+        }
         Operation::Resize { width, height, .. } => {
             if width.is_none() && height.is_none() {
                 return bad("give width, height or both".into());
@@ -551,6 +569,7 @@ impl FromStr for Operation {
                     })?),
                     None => None,
                 },
+                decontaminate: p.take("decontaminate", "true or false")?.unwrap_or(true),
             },
             "crop_to_subject" => Operation::CropToSubject {
                 threshold: p.take("threshold", "0 to 255")?.unwrap_or(10),
@@ -607,6 +626,7 @@ impl fmt::Display for Operation {
                 model,
                 mask_only,
                 bg_color,
+                decontaminate,
             } => {
                 write!(f, "remove_background:model={model}")?;
                 if *mask_only {
@@ -614,6 +634,9 @@ impl fmt::Display for Operation {
                 }
                 if let Some(c) = bg_color {
                     write!(f, ",bg_color={c}")?;
+                }
+                if !decontaminate {
+                    write!(f, ",decontaminate=false")?;
                 }
                 Ok(())
             }
@@ -666,7 +689,7 @@ fn serde_name<T: Serialize>(v: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::job::MODELS;
+    use crate::job::MODELS;
 
     fn models() -> Vec<String> {
         MODELS.iter().map(|m| m.to_string()).collect()
@@ -679,7 +702,7 @@ mod tests {
     #[test]
     fn text_round_trips() {
         let p = parse(&[
-            "remove_background:model=u2net,bg_color=#FFF",
+            "remove_background:model=u2net,bg_color=#FFF,decontaminate=false",
             "crop_to_subject:margin=16",
             "resize:width=800,fit=cover",
             "watermark:text=Hello, world = 1,position=top_left,opacity=0.25",
@@ -689,7 +712,10 @@ mod tests {
         ])
         .unwrap();
         let text = p.to_strings();
-        assert_eq!(text[0], "remove_background:model=u2net,bg_color=#ffffff");
+        assert_eq!(
+            text[0],
+            "remove_background:model=u2net,bg_color=#ffffff,decontaminate=false"
+        );
         assert_eq!(
             text[3],
             "watermark:position=top_left,opacity=0.25,text=Hello, world = 1"
@@ -713,24 +739,6 @@ mod tests {
     }
 
     #[test]
-    fn options_describe_a_pipeline() {
-        let o = JobOptions {
-            crop: true,
-            format: OutputFormat::Webp,
-            ..Default::default()
-        };
-        let p = Pipeline::from_options(&o);
-        assert_eq!(
-            p.to_strings(),
-            [
-                "remove_background:model=u2netp",
-                "crop_to_subject:threshold=10,margin=0",
-                "encode:format=webp"
-            ]
-        );
-    }
-
-    #[test]
     fn each_kind_of_mistake_has_its_code() {
         let code = |ops: &[&str]| parse(ops).unwrap_err().code();
         assert_eq!(code(&["sepia"]), "unknown_operation");
@@ -738,6 +746,17 @@ mod tests {
         assert_eq!(code(&["resize"]), "bad_parameter");
         assert_eq!(code(&["resize:width=0"]), "bad_parameter");
         assert_eq!(code(&["resize:width=20000"]), "bad_parameter");
+        assert_eq!(
+            code(&[
+                "remove_background",
+                "crop_to_subject:margin=18446744073709551615"
+            ]),
+            "bad_parameter"
+        );
+        assert_eq!(
+            code(&["remove_background", "crop_to_subject:margin=4294967295"]),
+            "bad_parameter"
+        );
         assert_eq!(code(&["resize:width=abc"]), "bad_parameter");
         assert_eq!(code(&["resize:width=10,fit=squash"]), "bad_parameter");
         assert_eq!(code(&["resize:width=10,depth=3"]), "bad_parameter");
@@ -781,13 +800,5 @@ mod tests {
         // A JPEG is fine once the background is painted, or for operations without a cut-out.
         assert!(parse(&["remove_background:bg_color=#fff", "encode:format=jpeg"]).is_ok());
         assert!(parse(&["thumbnail:size=64", "encode:format=jpeg,quality=70"]).is_ok());
-    }
-
-    #[test]
-    fn jobs_stored_before_pipelines_still_read() {
-        let old =
-            r#"{"model":"u2netp","format":"png","mask_only":false,"bg_color":null,"crop":false}"#;
-        let o: JobOptions = serde_json::from_str(old).unwrap();
-        assert_eq!(o.pipeline(), Pipeline::from_options(&o));
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use backless_common::db::job::{MODELS, normalize_color};
 use backless_common::db::{Job, JobOptions, JobState, NewJob, OutputFormat, new_job_id};
 use backless_common::events::{JobEvent, Stage};
+use backless_common::job::{Operation, Pipeline, PlannedStage};
 use backless_common::limits::ImageLimits;
-use backless_common::ops::{Operation, Pipeline};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
@@ -65,47 +65,6 @@ impl From<JobState> for JobStateView {
     }
 }
 
-/// A pipeline stage, as SSE events name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "snake_case")]
-pub enum StageView {
-    Uploaded,
-    Queued,
-    Received,
-    Segmenting,
-    Compositing,
-    Cropping,
-    Resizing,
-    Thumbnailing,
-    Watermarking,
-    Filtering,
-    Encoding,
-    Stored,
-    Done,
-    Failed,
-}
-
-impl From<Stage> for StageView {
-    fn from(s: Stage) -> Self {
-        match s {
-            Stage::Uploaded => Self::Uploaded,
-            Stage::Queued => Self::Queued,
-            Stage::Received => Self::Received,
-            Stage::Segmenting => Self::Segmenting,
-            Stage::Compositing => Self::Compositing,
-            Stage::Cropping => Self::Cropping,
-            Stage::Resizing => Self::Resizing,
-            Stage::Thumbnailing => Self::Thumbnailing,
-            Stage::Watermarking => Self::Watermarking,
-            Stage::Filtering => Self::Filtering,
-            Stage::Encoding => Self::Encoding,
-            Stage::Stored => Self::Stored,
-            Stage::Done => Self::Done,
-            Stage::Failed => Self::Failed,
-        }
-    }
-}
-
 /// Output encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
@@ -152,6 +111,9 @@ pub struct JobView {
     /// The operations the job runs, in order, written as the `op` upload fields take them
     /// (e.g. `resize:width=800,fit=contain`).
     pub pipeline: Vec<String>,
+    /// Every event the job reports, in order (`uploaded` to `done`; a failure ends the stream
+    /// with `failed` at the id of `done`): what a progress display lists.
+    pub stages: Vec<PlannedStage>,
     pub width: u32,
     pub height: u32,
     pub original_content_type: String,
@@ -178,6 +140,7 @@ impl From<Job> for JobView {
         Self {
             download_name: format!("{}-{suffix}.{}", j.name, pipeline.format().extension()),
             pipeline: pipeline.to_strings(),
+            stages: pipeline.stages(),
             events_url: format!("{base}/events"),
             original_url: format!("{base}/original"),
             result_url: (j.state == JobState::Done).then(|| format!("{base}/result")),
@@ -249,7 +212,7 @@ pub struct RenameRequest {
 #[derive(Debug, Clone, Object)]
 pub struct JobEventView {
     pub seq: u64,
-    pub stage: StageView,
+    pub stage: Stage,
     pub elapsed_ms: u64,
     pub message: Option<String>,
     pub error_code: Option<String>,
@@ -259,7 +222,7 @@ impl From<JobEvent> for JobEventView {
     fn from(e: JobEvent) -> Self {
         Self {
             seq: e.seq,
-            stage: e.stage.into(),
+            stage: e.stage,
             elapsed_ms: e.elapsed_ms,
             message: e.message,
             error_code: e.error_code,
@@ -396,6 +359,7 @@ impl JobsApi {
             model,
             mask_only,
             bg_color,
+            ..
         }) = pipeline.operations().first()
         {
             o.model = model.clone();
@@ -459,6 +423,12 @@ impl JobsApi {
         let explicit_name = form.name.as_deref().and_then(clean_name);
         let (file_name, data) = self.read_upload(form.file).await?;
         let checked = check_image(&data, &self.limits)?;
+        // What the job will produce, from the header alone: a pipeline that would break a limit
+        // on this image is refused now, not failed by the worker.
+        options
+            .pipeline()
+            .plan(checked.oriented, &self.limits)
+            .map_err(WebError::from)?;
         let name = explicit_name.unwrap_or_else(|| display_name(file_name.as_deref()));
 
         let id = new_job_id();
@@ -785,6 +755,6 @@ fn state_event(job: &Job) -> JobEvent {
                 .unwrap_or_else(|| "Processing failed.".into()),
             elapsed,
         ),
-        s => JobEvent::new(Stage::from_state(s), elapsed),
+        s => JobEvent::new(Stage::from(s), elapsed),
     }
 }

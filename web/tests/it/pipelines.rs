@@ -165,3 +165,98 @@ async fn each_kind_of_bad_pipeline_is_a_400_with_its_code_and_nothing_is_stored(
     assert_eq!(app.job_rows().await, 0);
     assert!(app.stored_files().is_empty(), "{:?}", app.stored_files());
 }
+
+/// A one-colour PNG: a few hundred bytes whatever its size.
+fn flat_png(w: u32, h: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(w, h)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Upload `file` with these `op` fields.
+async fn upload_file_ops(
+    app: &TestApp,
+    c: &reqwest::Client,
+    file: Vec<u8>,
+    ops: &[&str],
+) -> (u16, serde_json::Value) {
+    let mut form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(file).file_name("strip.png"),
+    );
+    for op in ops {
+        form = form.text("op", op.to_string());
+    }
+    let res = c
+        .post(app.url("/v1/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Each operation is valid on its own, but on this image the job would produce (or pass
+/// through) an image beyond the limits: refused at upload from the header, nothing stored.
+#[tokio::test]
+async fn a_pipeline_whose_plan_breaks_a_limit_is_a_422_and_nothing_is_stored() {
+    let app = spawn_app(&[]).await;
+    let c = browser();
+    // (width, height, op fields)
+    type Case<'a> = (u32, u32, &'a [&'a str]);
+    let cases: &[Case] = &[
+        // The crash: a tiny 1x20000 PNG, width 10000 -> a derived height of 200,000,000.
+        (1, 20_000, &["resize:width=10000"]),
+        (20_000, 1, &["resize:height=10000"]),
+        (64, 64, &["resize:width=10000,height=10000,fit=fill"]),
+        (64, 64, &["resize:width=10000,height=10000,fit=cover"]),
+        (64, 48, &["resize:width=5000", "resize:height=9000"]),
+        (
+            2,
+            1,
+            &[
+                "resize:width=10000,height=10000,fit=fill",
+                "watermark:text=big",
+            ],
+        ),
+    ];
+    for (w, h, ops) in cases {
+        let png = flat_png(*w, *h);
+        let (status, body) = upload_file_ops(&app, &c, png, ops).await;
+        assert_eq!(status, 422, "{w}x{h} {ops:?}: {body}");
+        assert_eq!(body["code"], "output_too_large", "{ops:?}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("megapixels"),
+            "{body}"
+        );
+    }
+    // The crash's file really is tiny: the limit is on what the job makes, not what it gets.
+    assert!(flat_png(1, 20_000).len() < 1_000);
+    // Over the working-memory budget of a small worker.
+    let small = spawn_app(&[("BACKLESS_MAX_WORKING_BYTES", "100000")]).await;
+    let (status, body) = upload_file_ops(&small, &c, png_bytes(200, 200), &["filter:blur"]).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "over_memory_budget", "{body}");
+    // The margin of a crop is bounded, never wrapped.
+    let (status, body) = upload_file_ops(
+        &app,
+        &c,
+        png_bytes(8, 8),
+        &[
+            "remove_background",
+            "crop_to_subject:margin=18446744073709551615",
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "bad_parameter", "{body}");
+    assert_eq!(app.job_rows().await, 0);
+    assert_eq!(small.job_rows().await, 0);
+    assert!(app.stored_files().is_empty(), "{:?}", app.stored_files());
+    // Within the limits the same kinds of pipeline are accepted.
+    let (status, body) = upload_file_ops(&app, &c, png_bytes(1, 200), &["resize:width=50"]).await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -75,7 +75,7 @@ fn png_bomb_is_refused_from_its_header() {
         ),
         "{err:?}"
     );
-    assert_eq!(err.code(), "image_too_large");
+    assert_eq!(err.code(), "image_side_too_large");
     // Within the side limit but over the pixel limit: the message says what the limit is.
     let err = decode(&png_bomb(10_000, 9_000), &ImageLimits::default()).unwrap_err();
     assert!(err.to_string().contains("40.0 megapixels"), "{err}");
@@ -127,7 +127,7 @@ fn jpeg_header_claiming_huge_dimensions_is_refused_before_decoding() {
         matches!(err, PipelineError::Limits(LimitError::SideTooLarge { .. })),
         "{err:?}"
     );
-    assert_eq!(err.code(), "image_too_large");
+    assert_eq!(err.code(), "image_side_too_large");
 }
 
 fn gif_frames(n: usize) -> Vec<u8> {

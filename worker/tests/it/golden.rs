@@ -128,3 +128,54 @@ fn u2net_matches_onnxruntime() {
 fn isnet_matches_onnxruntime() {
     check_model("isnet");
 }
+
+/// Foreground colours match pymatting's `estimate_foreground_ml` on the same photo and alpha
+/// (fixtures from `worker/tests/golden/make_foreground.py`), where they matter: the pixels the
+/// mask leaves partly transparent. Where alpha is a few levels above 0 the foreground is barely
+/// determined by the photo (and barely visible), so the colour is compared where alpha is at
+/// least 0.05, and what a viewer sees (the difference times alpha) everywhere.
+#[test]
+fn foreground_matches_pymatting() {
+    use backless_worker::foreground::{Params, estimate_foreground};
+    for name in PHOTOS {
+        let image = photo(name).to_rgb8();
+        let alpha = golden("u2netp", name, "mask").to_luma8();
+        let theirs = image::open(crate::fixture(&format!("golden/foreground/{name}.fg.png")))
+            .unwrap()
+            .to_rgb8();
+        let ours = estimate_foreground(&image, &alpha, &Params::default());
+        let (mut diffs, mut visible_max, mut soft) = (Vec::new(), 0f64, 0usize);
+        for ((o, t), a) in ours.pixels().zip(theirs.pixels()).zip(alpha.pixels()) {
+            if matches!(a.0[0], 0 | 255) {
+                continue;
+            }
+            soft += 1;
+            let a = f64::from(a.0[0]) / 255.0;
+            for c in 0..3 {
+                let d = (f64::from(o.0[c]) - f64::from(t.0[c])).abs();
+                visible_max = visible_max.max(d * a);
+                if a >= 0.05 {
+                    diffs.push(d);
+                }
+            }
+        }
+        assert!(soft > 1000, "{name}: only {soft} soft-edge pixels");
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        diffs.sort_by(f64::total_cmp);
+        let p99 = diffs[diffs.len() * 99 / 100];
+        let max = diffs[diffs.len() - 1];
+        eprintln!(
+            "{name}: foreground vs pymatting over {soft} soft-edge pixels: colour where alpha >= 0.05 mean {mean:.3}, p99 {p99:.1}, max {max:.0}; colour x alpha max {visible_max:.2} (8-bit levels)"
+        );
+        assert!(mean <= 0.1, "{name}: mean difference {mean:.3} levels");
+        assert!(
+            p99 <= 1.0,
+            "{name}: 99th percentile difference {p99:.1} levels"
+        );
+        assert!(max <= 2.0, "{name}: a difference of {max:.0} levels");
+        assert!(
+            visible_max <= 2.0,
+            "{name}: a visible difference of {visible_max:.2} levels"
+        );
+    }
+}

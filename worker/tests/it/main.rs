@@ -14,6 +14,7 @@ mod network;
 mod pg_restart;
 #[cfg(feature = "dev")]
 mod pipelines;
+mod plans;
 #[cfg(feature = "dev")]
 mod push_auth;
 #[cfg(feature = "dev")]

@@ -79,6 +79,7 @@ fn gps_exif_is_not_carried_into_any_output() {
             mask_only,
             bg_color,
             crop: None,
+            ..OutputOptions::default()
         };
         let out =
             remove_background(&seg, &input, &ImageLimits::default(), &opts, |_, _| {}).unwrap();

@@ -42,31 +42,23 @@ async fn job_state(client: &reqwest::Client, url: &str, token: &str) -> String {
     v["state"].as_str().unwrap_or("").to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
-    assert!(crate::weights_present("u2netp"));
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = Emulator::start(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        EmulatorConfig::default(),
-    )
-    .await
-    .unwrap();
-    let worker_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env: Vec<(String, String)> = [
+/// The environment of web and worker processes sharing `dir`, pushed through `emulator`.
+fn stack_env(
+    dir: &std::path::Path,
+    emulator: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let worker_port = backless_common::testing::free_port();
+    let mut env: Vec<(String, String)> = [
         (
             "BACKLESS_DATABASE_URL",
-            format!("sqlite://{}/backless.db?mode=rwc", dir.path().display()),
+            format!("sqlite://{}/backless.db?mode=rwc", dir.display()),
         ),
         (
             "BACKLESS_STORAGE_URL",
-            format!("file://{}/objects", dir.path().display()),
+            format!("file://{}/objects", dir.display()),
         ),
-        ("BACKLESS_TASKS_ENDPOINT", emulator.url()),
+        ("BACKLESS_TASKS_ENDPOINT", emulator.to_string()),
         (
             "BACKLESS_WORKER_URL",
             format!("http://127.0.0.1:{worker_port}"),
@@ -84,15 +76,15 @@ async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
 
-    let web = backless_web::App::build(backless_web::WebConfig::from_pairs(env.clone()).unwrap())
-        .await
-        .unwrap();
-    let base = format!("http://{}", web.addr());
-    tokio::spawn(web.run_until_stopped(std::future::pending()));
-
-    let first = spawn_worker(&env);
-    let client = reqwest::Client::new();
+/// Upload the astronaut photo through web at `base`: (job URL, bearer token).
+async fn upload_astronaut(client: &reqwest::Client, base: &str) -> (String, String) {
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(
@@ -111,25 +103,61 @@ async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
         .unwrap();
     let token = created["token"].as_str().unwrap().to_string();
     let url = format!("{base}/v1/jobs/{}", created["job"]["id"].as_str().unwrap());
+    (url, token)
+}
 
-    // Kill the worker as soon as it has claimed the job, before it can finish.
+/// Wait until a delivery to `worker` has claimed the job at `url` (its `attempts` on the record
+/// reach `attempt`), then kill that worker while it holds the job.
+async fn kill_once_claimed(env: &[(String, String)], url: &str, attempt: i32, worker: Killed) {
+    let common = backless_common::config::CommonConfig::from_pairs(env.to_vec()).unwrap();
+    let db = backless_common::db::Db::connect(&common.database)
+        .await
+        .unwrap();
+    let id = url.rsplit('/').next().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let state = job_state(&client, &url, &token).await;
-        if state == "processing" {
+        let job = db.get(id).await.unwrap().unwrap();
+        if job.attempts >= attempt {
+            assert_eq!(
+                job.state.as_str(),
+                "processing",
+                "the job ended before the worker could be killed"
+            );
             break;
         }
-        assert_ne!(
-            state, "done",
-            "the job finished before the worker could be killed"
-        );
         assert!(
             Instant::now() < deadline,
-            "the job was never claimed (state {state})"
+            "the job was never claimed (state {})",
+            job.state.as_str()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    drop(first);
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        EmulatorConfig::default(),
+    )
+    .await
+    .unwrap();
+    let env = stack_env(dir.path(), &emulator.url(), &[]);
+    let web = backless_web::App::build(backless_web::WebConfig::from_pairs(env.clone()).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", web.addr());
+    tokio::spawn(web.run_until_stopped(std::future::pending()));
+
+    let first = spawn_worker(&env);
+    let client = reqwest::Client::new();
+    let (url, token) = upload_astronaut(&client, &base).await;
+
+    // Kill the worker as soon as it has claimed the job, before it can finish.
+    kill_once_claimed(&env, &url, 1, first).await;
     assert_eq!(job_state(&client, &url, &token).await, "processing");
 
     // The queue retries the lost delivery; the new worker waits out the dead one's lease (503)
@@ -154,5 +182,84 @@ async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
     assert_eq!(result.status(), 200);
     let png = image::load_from_memory(&result.bytes().await.unwrap()).unwrap();
     assert_eq!((png.width(), png.height()), (256, 256));
+    emulator.shutdown().await;
+}
+
+/// A job that takes its worker down every time (here: the worker is killed while it holds the
+/// job, as an abort would) is failed with `too_many_attempts` once its deliveries are spent,
+/// answered 2xx so the queue stops; the next job runs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_keeps_killing_its_worker_is_failed_and_the_next_one_runs() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        EmulatorConfig::default(),
+    )
+    .await
+    .unwrap();
+    let env = stack_env(
+        dir.path(),
+        &emulator.url(),
+        &[
+            ("BACKLESS_MAX_ATTEMPTS", "2"),
+            ("BACKLESS_CLAIM_LEASE", "1s"),
+        ],
+    );
+    let web = backless_web::App::build(backless_web::WebConfig::from_pairs(env.clone()).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", web.addr());
+    tokio::spawn(web.run_until_stopped(std::future::pending()));
+    let client = reqwest::Client::new();
+
+    let worker = spawn_worker(&env);
+    let (url, token) = upload_astronaut(&client, &base).await;
+    // Two deliveries die holding the job.
+    kill_once_claimed(&env, &url, 1, worker).await;
+    // The dead delivery's lease runs out before the queue's retry can claim the job again.
+    let worker = spawn_worker(&env);
+    kill_once_claimed(&env, &url, 2, worker).await;
+
+    // The third delivery finds the job attempted twice: failed, and the queue told to stop.
+    let _worker = spawn_worker(&env);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = job_state(&client, &url, &token).await;
+        if state == "failed" {
+            break;
+        }
+        assert_ne!(state, "done", "the poison job ran to the end");
+        assert!(Instant::now() < deadline, "job stuck in {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job: serde_json::Value = client
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["error_code"], "too_many_attempts", "{job}");
+    // The queue heard a 2xx: the task is gone, not retried.
+    tokio::time::timeout(Duration::from_secs(30), emulator.wait_idle())
+        .await
+        .expect("the queue stops delivering the job");
+    assert_eq!(emulator.engine().task_count(), 0);
+
+    // Another job on the same worker is unaffected.
+    let (other, other_token) = upload_astronaut(&client, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = job_state(&client, &other, &other_token).await;
+        if state == "done" {
+            break;
+        }
+        assert_ne!(state, "failed");
+        assert!(Instant::now() < deadline, "job stuck in {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     emulator.shutdown().await;
 }
