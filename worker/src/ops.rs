@@ -152,8 +152,6 @@ pub fn apply(
             work.img = apply_filter(&work.img, *filter, value);
         }
         Operation::Encode { format, quality } => {
-            // In place, so the encoder need not copy the image to clear it.
-            pipeline::clear_hidden_colour(&mut work.img);
             return Ok(Some((*format, encode(&work.img, *format, *quality)?)));
         }
     }
