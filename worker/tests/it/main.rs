@@ -62,6 +62,25 @@ pub fn load(name: &str) -> backless_worker::model::Segmenter {
         .expect("model loads")
 }
 
+/// The environment of a worker on port 0 with its SQLite database and file storage in `dir`.
+pub fn worker_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "BACKLESS_DATABASE_URL".to_string(),
+            format!("sqlite://{}/backless.db?mode=rwc", dir.display()),
+        ),
+        (
+            "BACKLESS_STORAGE_URL".into(),
+            format!("file://{}/objects", dir.display()),
+        ),
+        (
+            "BACKLESS_MODELS_DIR".into(),
+            models_dir().display().to_string(),
+        ),
+        ("BACKLESS_WORKER_ADDR".into(), "127.0.0.1:0".into()),
+    ]
+}
+
 /// Serve `worker` in the background until the returned sender says `true` (or is dropped).
 pub fn serve_worker(worker: backless_worker::server::App) -> tokio::sync::watch::Sender<bool> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -47,21 +47,7 @@ async fn plant(db: &Db, storage: &Storage, png: Vec<u8>, pipeline: serde_json::V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
     let dir = tempfile::tempdir().unwrap();
-    let pairs = vec![
-        (
-            "BACKLESS_DATABASE_URL".to_string(),
-            format!("sqlite://{}/backless.db?mode=rwc", dir.path().display()),
-        ),
-        (
-            "BACKLESS_STORAGE_URL".into(),
-            format!("file://{}/objects", dir.path().display()),
-        ),
-        (
-            "BACKLESS_MODELS_DIR".into(),
-            crate::models_dir().display().to_string(),
-        ),
-        ("BACKLESS_WORKER_ADDR".into(), "127.0.0.1:0".into()),
-    ];
+    let pairs = crate::worker_env(dir.path());
     let common = CommonConfig::from_pairs(pairs.clone()).unwrap();
     let db = Db::connect(&common.database).await.unwrap();
     let storage = Storage::from_config(&common.storage).unwrap();

@@ -135,22 +135,50 @@ async fn kill_once_claimed(env: &[(String, String)], url: &str, attempt: i32, wo
     drop(worker);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
-    assert!(crate::weights_present("u2netp"));
-    let dir = tempfile::tempdir().unwrap();
+/// Poll the job at `url` until it reaches `want`; it must never reach `never`.
+async fn wait_until(client: &reqwest::Client, url: &str, token: &str, want: &str, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = job_state(client, url, token).await;
+        if state == want {
+            return;
+        }
+        assert_ne!(state, never, "the job reached {never}, not {want}");
+        assert!(Instant::now() < deadline, "job stuck in {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The emulator, and web in this process, for a stack whose workers are separate processes:
+/// (emulator, environment of the processes, web's base URL).
+async fn start_stack(
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (
+    backless_emulator::EmulatorHandle,
+    Vec<(String, String)>,
+    String,
+) {
     let emulator = Emulator::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         EmulatorConfig::default(),
     )
     .await
     .unwrap();
-    let env = stack_env(dir.path(), &emulator.url(), &[]);
+    let env = stack_env(dir, &emulator.url(), extra);
     let web = backless_web::App::build(backless_web::WebConfig::from_pairs(env.clone()).unwrap())
         .await
         .unwrap();
     let base = format!("http://{}", web.addr());
     tokio::spawn(web.run_until_stopped(std::future::pending()));
+    (emulator, env, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let (emulator, env, base) = start_stack(dir.path(), &[]).await;
 
     let first = spawn_worker(&env);
     let client = reqwest::Client::new();
@@ -163,16 +191,7 @@ async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
     // The queue retries the lost delivery; the new worker waits out the dead one's lease (503)
     // and then takes the job over.
     let _second = spawn_worker(&env);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let state = job_state(&client, &url, &token).await;
-        if state == "done" {
-            break;
-        }
-        assert_ne!(state, "failed");
-        assert!(Instant::now() < deadline, "job stuck in {state}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(&client, &url, &token, "done", "failed").await;
     let result = client
         .get(format!("{url}/result"))
         .bearer_auth(&token)
@@ -192,25 +211,14 @@ async fn worker_killed_mid_job_and_restarted_still_finishes_it() {
 async fn a_job_that_keeps_killing_its_worker_is_failed_and_the_next_one_runs() {
     assert!(crate::weights_present("u2netp"));
     let dir = tempfile::tempdir().unwrap();
-    let emulator = Emulator::start(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        EmulatorConfig::default(),
-    )
-    .await
-    .unwrap();
-    let env = stack_env(
+    let (emulator, env, base) = start_stack(
         dir.path(),
-        &emulator.url(),
         &[
             ("BACKLESS_MAX_ATTEMPTS", "2"),
             ("BACKLESS_CLAIM_LEASE", "1s"),
         ],
-    );
-    let web = backless_web::App::build(backless_web::WebConfig::from_pairs(env.clone()).unwrap())
-        .await
-        .unwrap();
-    let base = format!("http://{}", web.addr());
-    tokio::spawn(web.run_until_stopped(std::future::pending()));
+    )
+    .await;
     let client = reqwest::Client::new();
 
     let worker = spawn_worker(&env);
@@ -223,16 +231,7 @@ async fn a_job_that_keeps_killing_its_worker_is_failed_and_the_next_one_runs() {
 
     // The third delivery finds the job attempted twice: failed, and the queue told to stop.
     let _worker = spawn_worker(&env);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let state = job_state(&client, &url, &token).await;
-        if state == "failed" {
-            break;
-        }
-        assert_ne!(state, "done", "the poison job ran to the end");
-        assert!(Instant::now() < deadline, "job stuck in {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&client, &url, &token, "failed", "done").await;
     let job: serde_json::Value = client
         .get(&url)
         .bearer_auth(&token)
@@ -251,15 +250,6 @@ async fn a_job_that_keeps_killing_its_worker_is_failed_and_the_next_one_runs() {
 
     // Another job on the same worker is unaffected.
     let (other, other_token) = upload_astronaut(&client, &base).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let state = job_state(&client, &other, &other_token).await;
-        if state == "done" {
-            break;
-        }
-        assert_ne!(state, "failed");
-        assert!(Instant::now() < deadline, "job stuck in {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&client, &other, &other_token, "done", "failed").await;
     emulator.shutdown().await;
 }

@@ -11,21 +11,7 @@ use backless_common::storage::Storage;
 async fn push_during_start_up_waits_for_the_models() {
     assert!(crate::weights_present("u2netp"));
     let dir = tempfile::tempdir().unwrap();
-    let pairs = vec![
-        (
-            "BACKLESS_DATABASE_URL".to_string(),
-            format!("sqlite://{}/backless.db?mode=rwc", dir.path().display()),
-        ),
-        (
-            "BACKLESS_STORAGE_URL".into(),
-            format!("file://{}/objects", dir.path().display()),
-        ),
-        (
-            "BACKLESS_MODELS_DIR".into(),
-            crate::models_dir().display().to_string(),
-        ),
-        ("BACKLESS_WORKER_ADDR".into(), "127.0.0.1:0".into()),
-    ];
+    let pairs = crate::worker_env(dir.path());
     // The job exists before the worker starts, as when a scaled-to-zero worker is woken by the
     // push itself.
     let common = CommonConfig::from_pairs(pairs.clone()).unwrap();
