@@ -13,6 +13,7 @@ pub mod pages;
 pub mod ratelimit;
 pub mod security;
 pub mod upload;
+pub mod watcher;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //! - The outbox creates the Cloud Tasks task for jobs whose enqueue failed at upload.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,9 +36,13 @@ pub struct Shared {
     pub tasks: Arc<TaskQueue>,
     pub grace: Duration,
     pub unwatched_ttl: Duration,
-    /// How often an SSE stream and a reaper re-read the job (covers events lost between processes).
+    /// How often the state watcher re-reads the watched jobs (covers events lost between
+    /// processes).
     pub poll: Duration,
     watchers: Mutex<HashMap<String, Watch>>,
+    generations: AtomicU64,
+    /// Reads every watched, unfinished job in one query per `poll`.
+    pub watcher: crate::watcher::StateWatcher,
     pub outbox_wake: Notify,
     pub metrics: crate::metrics::Metrics,
 }
@@ -52,6 +57,9 @@ impl Shared {
         unwatched_ttl: Duration,
         poll: Duration,
     ) -> Self {
+        let metrics = crate::metrics::Metrics::new();
+        let queries = metrics.db_queries.clone();
+        let db = db.observed(Arc::new(move |kind| queries.with_label_values(&[kind]).inc()));
         Self {
             db,
             storage,
@@ -61,8 +69,10 @@ impl Shared {
             unwatched_ttl,
             poll,
             watchers: Mutex::default(),
+            generations: AtomicU64::new(0),
+            watcher: crate::watcher::StateWatcher::default(),
             outbox_wake: Notify::new(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
         }
     }
 
@@ -71,7 +81,9 @@ impl Shared {
         let mut w = self.watchers.lock().expect("watchers lock");
         let watch = w.entry(job_id.to_string()).or_default();
         watch.count += 1;
-        watch.generation += 1;
+        // Process-wide, so a forgotten and re-created entry never repeats a generation an older
+        // reaper still waits with.
+        watch.generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.sse_connections.inc();
         if watch.count == 1 {
             self.events.set_watched(job_id, true);
@@ -89,6 +101,12 @@ impl Shared {
             .expect("watchers lock")
             .get(job_id)
             .map_or(0, |w| w.count)
+    }
+
+    /// Jobs this replica keeps watch state for (diagnostics; an entry outlives its last watcher
+    /// only until its reaper ends).
+    pub fn tracked_jobs(&self) -> usize {
+        self.watchers.lock().expect("watchers lock").len()
     }
 
     fn generation(&self, job_id: &str) -> Option<u64> {
@@ -121,46 +139,50 @@ impl Shared {
     }
 
     /// After the last watcher left: wait for the job to finish, then the grace window, then delete
-    /// unless someone is watching again.
+    /// unless someone is watching again. Whatever happens, the job's entry in the watcher map is
+    /// forgotten if nobody watches it by then.
     async fn reap_when_finished(self: Arc<Self>, job_id: String, generation: u64) {
-        let still_unwatched = |s: &Self| s.generation(&job_id) == Some(generation);
-        let mut live = match self.events.subscribe(&job_id).await {
-            Ok(s) => Some(s),
+        self.reap(&job_id, generation).await;
+        let mut w = self.watchers.lock().expect("watchers lock");
+        if w
+            .get(&job_id)
+            .is_some_and(|w| w.count == 0 && w.generation == generation)
+        {
+            w.remove(&job_id);
+        }
+    }
+
+    async fn reap(self: &Arc<Self>, job_id: &str, generation: u64) {
+        let still_unwatched = |s: &Self| s.generation(job_id) == Some(generation);
+        let live = match self.events.subscribe(job_id).await {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe; polling only");
-                None
+                tracing::warn!(error = %e, "cannot subscribe; reading the record only");
+                futures::stream::pending().boxed()
             }
         };
-        loop {
-            if !still_unwatched(&self) {
-                return;
-            }
-            match self.db.get(&job_id).await {
-                Ok(Some(job)) if job.state.is_final() => break,
-                Ok(Some(_)) => {}
-                Ok(None) => return,
-                Err(e) => tracing::warn!(error = %e, "reaper cannot read job"),
-            }
-            let wait = async {
-                match live.as_mut() {
-                    Some(s) => loop {
-                        match s.next().await {
-                            Some(ev) if ev.stage.is_final() => break,
-                            Some(_) => {}
-                            None => std::future::pending::<()>().await,
-                        }
-                    },
-                    None => std::future::pending::<()>().await,
+        // Subscribed before the read, so an end between the two is not missed.
+        let mut changes = futures::stream::select(live, crate::watcher::state_changes(self, job_id));
+        match self.db.get(job_id).await {
+            Ok(Some(job)) if job.state.is_final() => {}
+            Ok(None) => return,
+            Ok(Some(_)) | Err(_) => loop {
+                if !still_unwatched(self) {
+                    return;
                 }
-            };
-            let _ = tokio::time::timeout(self.poll, wait).await;
+                match tokio::time::timeout(self.poll, changes.next()).await {
+                    Ok(Some(ev)) if ev.stage.is_final() => break,
+                    Ok(None) => return,
+                    _ => {}
+                }
+            },
         }
-        drop(live);
+        drop(changes);
         tokio::time::sleep(self.grace).await;
-        if !still_unwatched(&self) || self.watched_elsewhere(&job_id).await {
+        if !still_unwatched(self) || self.watched_elsewhere(job_id).await {
             return;
         }
-        if let Err(e) = self.delete_job(&job_id, "grace").await {
+        if let Err(e) = self.delete_job(job_id, "grace").await {
             tracing::warn!(error = %e, "reaper could not delete job");
         }
     }
@@ -253,6 +275,25 @@ impl Shared {
             }
         }
         n
+    }
+}
+
+/// What a watcher is told of a stored job: its state as an event.
+pub fn state_event(job: &backless_common::db::Job) -> JobEvent {
+    use backless_common::db::JobState;
+    let elapsed = match job.finished_at {
+        Some(f) => u64::try_from((f - job.created_at).num_milliseconds()).unwrap_or(0),
+        None => elapsed_ms(job.created_at),
+    };
+    match job.state {
+        JobState::Failed => JobEvent::failed(
+            job.error_code.clone().unwrap_or_else(|| "failed".into()),
+            job.error_message
+                .clone()
+                .unwrap_or_else(|| "Processing failed.".into()),
+            elapsed,
+        ),
+        s => JobEvent::new(Stage::from(s), elapsed),
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub sse_connections: IntGauge,
     /// Jobs deleted, by why: api, grace (last watcher left), sweep (TTL).
     pub deletions: IntCounterVec,
+    /// Every database query web makes, by kind (the `Db` method).
+    pub db_queries: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -47,12 +49,21 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let db_queries = IntCounterVec::new(
+            Opts::new(
+                "backless_web_db_queries_total",
+                "Database queries made by this replica, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(jobs_created.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs.clone()),
             Box::new(enqueue_errors.clone()),
             Box::new(sse_connections.clone()),
             Box::new(deletions.clone()),
+            Box::new(db_queries.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -63,6 +74,7 @@ impl Metrics {
             enqueue_errors,
             sse_connections,
             deletions,
+            db_queries,
         }
     }
 

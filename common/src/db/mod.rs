@@ -7,6 +7,7 @@
 pub mod job;
 pub mod migration;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -84,10 +85,20 @@ pub fn is_valid_job_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Called with a query's kind (the [`Db`] method's name) before each query, for metrics.
+pub type QueryObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// The job table.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    observer: Option<QueryObserver>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
 }
 
 impl Db {
@@ -143,7 +154,22 @@ impl Db {
             opts.max_connections(1).min_connections(1);
         }
         let conn = sea_orm::Database::connect(opts).await?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            observer: None,
+        })
+    }
+
+    /// The same database, reporting each query's kind to `observer` (web counts them).
+    pub fn observed(mut self, observer: QueryObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn note(&self, kind: &'static str) {
+        if let Some(o) = &self.observer {
+            o(kind);
+        }
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -152,10 +178,12 @@ impl Db {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), DbError> {
+        self.note("ping");
         Ok(self.conn.ping().await?)
     }
 
     pub async fn insert(&self, new: NewJob) -> Result<Job, DbError> {
+        self.note("insert");
         let now = Utc::now();
         let model = job::ActiveModel {
             original_key: Set(storage::original_key(&new.id)),
@@ -182,6 +210,7 @@ impl Db {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, DbError> {
+        self.note("get");
         Ok(job::Entity::find_by_id(id.to_string())
             .one(&self.conn)
             .await?)
@@ -189,14 +218,29 @@ impl Db {
 
     /// The job if `owner` created it (anyone else sees nothing).
     pub async fn get_owned(&self, id: &str, owner: &str) -> Result<Option<Job>, DbError> {
+        self.note("get_owned");
         Ok(job::Entity::find_by_id(id.to_string())
             .filter(job::Column::Owner.eq(owner))
             .one(&self.conn)
             .await?)
     }
 
+    /// The jobs among `ids` that exist, in one query (web's stream watcher reads every watched job
+    /// this way).
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Job>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.note("get_many");
+        Ok(job::Entity::find()
+            .filter(job::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.conn)
+            .await?)
+    }
+
     /// The owner's jobs, newest first.
     pub async fn list_by_owner(&self, owner: &str) -> Result<Vec<Job>, DbError> {
+        self.note("list_by_owner");
         Ok(job::Entity::find()
             .filter(job::Column::Owner.eq(owner))
             .order_by_desc(job::Column::CreatedAt)
@@ -206,6 +250,7 @@ impl Db {
 
     /// How many of the owner's jobs are queued or processing.
     pub async fn count_live_by_owner(&self, owner: &str) -> Result<u64, DbError> {
+        self.note("count_live_by_owner");
         Ok(job::Entity::find()
             .filter(job::Column::Owner.eq(owner))
             .filter(job::Column::State.is_in([JobState::Queued, JobState::Processing]))
@@ -215,6 +260,7 @@ impl Db {
 
     /// Rename the owner's job; `None` if it is not theirs.
     pub async fn rename(&self, id: &str, owner: &str, name: &str) -> Result<Option<Job>, DbError> {
+        self.note("rename");
         let res = job::Entity::update_many()
             .col_expr(job::Column::Name, Expr::value(name))
             .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -230,6 +276,7 @@ impl Db {
 
     /// Delete the record; whether it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, DbError> {
+        self.note("delete");
         let res = job::Entity::delete_by_id(id.to_string())
             .exec(&self.conn)
             .await?;
@@ -238,6 +285,7 @@ impl Db {
 
     /// Outbox: the task for this job exists.
     pub async fn mark_enqueued(&self, id: &str) -> Result<bool, DbError> {
+        self.note("mark_enqueued");
         let res = job::Entity::update_many()
             .col_expr(job::Column::Enqueued, Expr::value(true))
             .filter(job::Column::Id.eq(id))
@@ -248,6 +296,7 @@ impl Db {
 
     /// Outbox: queued jobs whose task was never created, oldest first.
     pub async fn pending_enqueue(&self, limit: u64) -> Result<Vec<Job>, DbError> {
+        self.note("pending_enqueue");
         Ok(job::Entity::find()
             .filter(job::Column::Enqueued.eq(false))
             .filter(job::Column::State.eq(JobState::Queued))
@@ -261,6 +310,7 @@ impl Db {
     /// expired -> `processing` again. `true` means this caller owns it until `now + lease`; `false`
     /// means it is missing, final, or someone else holds a live lease (do not run the model).
     pub async fn try_claim(&self, id: &str, lease: Duration) -> Result<bool, DbError> {
+        self.note("try_claim");
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let res = job::Entity::update_many()
@@ -294,6 +344,7 @@ impl Db {
     /// so the queue's retry can claim it at once instead of waiting for the lease to run out. The
     /// claim's attempt is given back too: `attempts` counts deliveries that died holding the job.
     pub async fn release(&self, id: &str) -> Result<bool, DbError> {
+        self.note("release");
         let res = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Queued))
             .col_expr(
@@ -319,6 +370,7 @@ impl Db {
         result_key: &str,
         result_content_type: &str,
     ) -> Result<bool, DbError> {
+        self.note("mark_done");
         let now = Utc::now();
         let res = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Done))
@@ -343,6 +395,7 @@ impl Db {
     /// Any non-final state -> `failed` with a stable code and a message safe to show the user.
     /// `false` if the job is gone or already final.
     pub async fn mark_failed(&self, id: &str, code: &str, message: &str) -> Result<bool, DbError> {
+        self.note("mark_failed");
         let now = Utc::now();
         let res = job::Entity::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Failed))
@@ -367,6 +420,7 @@ impl Db {
         cutoff: chrono::DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<Job>, DbError> {
+        self.note("created_before");
         Ok(job::Entity::find()
             .filter(job::Column::CreatedAt.lt(cutoff))
             .order_by_asc(job::Column::CreatedAt)
@@ -377,11 +431,13 @@ impl Db {
 
     /// Every job id (tests and diagnostics).
     pub async fn count(&self) -> Result<u64, DbError> {
+        self.note("count");
         Ok(job::Entity::find().count(&self.conn).await?)
     }
 
     /// How many jobs are in `state` (metrics).
     pub async fn count_in_state(&self, state: JobState) -> Result<u64, DbError> {
+        self.note("count_in_state");
         Ok(job::Entity::find()
             .filter(job::Column::State.eq(state))
             .count(&self.conn)
@@ -478,6 +534,9 @@ mod tests {
 
         assert!(db.get_owned(&job.id, "bob").await.unwrap().is_none());
         assert_eq!(db.count_live_by_owner("alice").await.unwrap(), 1);
+        let many = db.get_many(&[new_job_id(), job.id.clone()]).await.unwrap();
+        assert_eq!(many.len(), 1, "only the jobs that exist");
+        assert_eq!(many[0].id, job.id);
 
         // Two deliveries: only the first owns the job.
         assert!(
@@ -520,6 +579,24 @@ mod tests {
         assert!(db.delete(&job.id).await.unwrap());
         assert!(!db.delete(&job.id).await.unwrap());
         assert_eq!(db.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_observer_is_told_each_query_by_kind() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let db = memory_db()
+            .await
+            .observed(Arc::new(move |kind| log.lock().unwrap().push(kind)));
+        let job = db.insert(new_job("alice")).await.unwrap();
+        db.get_many(&[]).await.unwrap();
+        db.get_many(std::slice::from_ref(&job.id)).await.unwrap();
+        db.rename(&job.id, "alice", "dog").await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["insert", "get_many", "rename", "get"],
+            "an empty id list costs no query; a rename reads the job back"
+        );
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 use super::image_body::{ImageBody, ResultBody};
 use crate::error::{ApiResult, WebError};
 use crate::identity::{ClientId, Signer};
-use crate::lifecycle::{Shared, elapsed_ms};
+use crate::lifecycle::{Shared, state_event};
 use crate::upload::{check_image, clean_name, display_name};
 
 #[derive(Tags)]
@@ -643,27 +643,14 @@ impl JobsApi {
         let guard = shared.watch(&job.id);
         let first = state_event(&job);
 
-        // Re-read the record now and then: covers events lost between processes.
-        let poll_shared = Arc::clone(&shared);
-        let job_id = job.id.clone();
-        let polled = stream::unfold((), move |()| {
-            let shared = Arc::clone(&poll_shared);
-            let job_id = job_id.clone();
-            async move {
-                tokio::time::sleep(shared.poll).await;
-                let ev = match shared.db.get(&job_id).await {
-                    Ok(Some(job)) => Some(state_event(&job)),
-                    Ok(None) => Some(JobEvent::failed("deleted", "The photo was deleted.", 0)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot poll job");
-                        None
-                    }
-                };
-                Some((ev, ()))
-            }
-        })
-        .filter_map(|e| async move { e });
-        let merged = stream::select(live, polled).boxed();
+        // A finished job will say nothing more; an unfinished one is followed on the bus and, for
+        // events lost between processes, by the process's one state watcher.
+        let merged = if first.stage.is_final() {
+            drop(live);
+            stream::empty().boxed()
+        } else {
+            stream::select(live, crate::watcher::state_changes(&shared, &job.id)).boxed()
+        };
 
         struct St {
             first: Option<JobEvent>,
@@ -738,23 +725,5 @@ impl JobsApi {
                     Event::message(data).event_type(stage).id(e.seq.to_string())
                 }),
         ))
-    }
-}
-
-/// What a watcher is told first: the stored state as an event.
-fn state_event(job: &Job) -> JobEvent {
-    let elapsed = match job.finished_at {
-        Some(f) => u64::try_from((f - job.created_at).num_milliseconds()).unwrap_or(0),
-        None => elapsed_ms(job.created_at),
-    };
-    match job.state {
-        JobState::Failed => JobEvent::failed(
-            job.error_code.clone().unwrap_or_else(|| "failed".into()),
-            job.error_message
-                .clone()
-                .unwrap_or_else(|| "Processing failed.".into()),
-            elapsed,
-        ),
-        s => JobEvent::new(Stage::from(s), elapsed),
     }
 }

@@ -248,3 +248,43 @@ async fn a_held_stream_reconnecting_after_the_end_gets_nothing_and_stays_open() 
         .unwrap();
     assert!(SseReader::new(res).next().await.is_none());
 }
+
+#[tokio::test]
+async fn a_job_another_replica_deleted_is_forgotten_here() {
+    let app = spawn_app(&[("BACKLESS_GRACE", "300ms")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    {
+        let res = c
+            .get(app.url(&format!("/v1/jobs/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, "queued");
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                app.shared.watchers(&id) == 1
+            })
+            .await
+        );
+    }
+    // The client left before the job finished: a reaper waits for it here. Another replica
+    // deletes the job (files and record) without any event reaching this one.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watchers(&id) == 0
+        })
+        .await
+    );
+    assert_eq!(app.shared.tracked_jobs(), 1);
+    app.shared.storage.delete_job(&id).await.unwrap();
+    assert!(app.shared.db.delete(&id).await.unwrap());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.tracked_jobs() == 0 && app.shared.watcher.watched() == 0
+        })
+        .await,
+        "the watch entry and the state subscription are gone"
+    );
+}

@@ -147,3 +147,123 @@ async fn events_arrive_from_the_record_when_no_event_is_published() {
     assert_eq!(sse.next().await.unwrap().event, "done");
     assert!(sse.next().await.is_none());
 }
+
+/// `backless_web_db_queries_total` by kind, as `/metrics` renders it.
+fn queries(app: &TestApp) -> std::collections::BTreeMap<String, u64> {
+    app.shared
+        .metrics
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("backless_web_db_queries_total{kind=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(kind, n)| (kind.to_string(), n.trim().parse().unwrap()))
+        .collect()
+}
+
+fn total(q: &std::collections::BTreeMap<String, u64>) -> u64 {
+    q.values().sum()
+}
+
+#[tokio::test]
+async fn open_streams_cost_one_query_per_interval_and_held_finished_ones_none() {
+    // The outbox and sweeper run once at start and then stay quiet, so every query counted below
+    // is the streams'.
+    let app = spawn_app(&[
+        ("BACKLESS_GRACE", "60s"),
+        ("BACKLESS_OUTBOX_INTERVAL", "1h"),
+        ("BACKLESS_SWEEP_INTERVAL", "1h"),
+    ])
+    .await;
+    let c = browser();
+
+    // 20 held streams of a finished job for 10 s: each read the job once when it opened, and
+    // nothing after.
+    let done = app.create_job(&c).await;
+    app.finish_job(&done).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let res = c
+            .get(app.url(&format!("/v1/jobs/{done}/events?hold=true")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, "done");
+        held.push(sse);
+    }
+    assert_eq!(app.shared.watchers(&done), 20);
+    let before = queries(&app);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(app.shared.watchers(&done), 20, "the streams are still open");
+    assert_eq!(
+        queries(&app),
+        before,
+        "held streams of a finished job make no queries"
+    );
+    assert_eq!(app.shared.watcher.watched(), 0);
+
+    // 20 streams of an unfinished job (another client: the first holds its 20 streams): one
+    // batched read per interval (200 ms) for all of them, not one per stream.
+    let c = browser();
+    let queued = app.create_job(&c).await;
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let res = c
+            .get(app.url(&format!("/v1/jobs/{queued}/events")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, "queued");
+        open.push(sse);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watcher.watched() == 1
+        })
+        .await
+    );
+    // Let the outbox's one try at this job's task (woken by the failed enqueue) pass.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = queries(&app);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = queries(&app);
+    let batched = after.get("get_many").copied().unwrap_or(0)
+        - before.get("get_many").copied().unwrap_or(0);
+    assert!(
+        (3..=12).contains(&batched),
+        "one read per 200 ms interval over 2 s, whatever the number of streams: {batched}"
+    );
+    assert_eq!(
+        total(&after) - total(&before),
+        batched,
+        "nothing else is read while the streams wait: {before:?} -> {after:?}"
+    );
+
+    // The record alone (no event published) moves every stream to its end.
+    let db = &app.shared.db;
+    assert!(db.try_claim(&queued, Duration::from_secs(60)).await.unwrap());
+    let key = backless_common::storage::result_key(&queued);
+    app.shared
+        .storage
+        .put_result(&queued, png_bytes(4, 4).into())
+        .await
+        .unwrap();
+    assert!(db.mark_done(&queued, &key, "image/png").await.unwrap());
+    for sse in &mut open {
+        let mut last = String::new();
+        while let Some(ev) = sse.next().await {
+            last = ev.event;
+        }
+        assert_eq!(last, "done");
+    }
+    // Nobody subscribes any more: the watcher reads nothing.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.watcher.watched() == 0
+        })
+        .await
+    );
+    let rendered = app.shared.metrics.render();
+    assert!(rendered.contains("backless_web_db_queries_total{kind=\"get_many\"}"));
+}
