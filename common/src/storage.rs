@@ -190,6 +190,28 @@ impl Storage {
         self.delete(&result_key(job_id)).await
     }
 
+    /// Ids of the jobs with an object last written before `before` (the orphan sweep checks each
+    /// against the database). Keys that are not a job's are ignored.
+    pub async fn job_ids_written_before(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, StorageError> {
+        let metas: Vec<_> = self.store.list(None).try_collect().await?;
+        let mut ids: Vec<String> = metas
+            .into_iter()
+            .filter(|m| m.last_modified < before)
+            .filter_map(|m| {
+                let key = m.location.to_string();
+                let (kind, id) = key.split_once('/')?;
+                (matches!(kind, "originals" | "results") && crate::db::is_valid_job_id(id))
+                    .then(|| id.to_string())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// Every key in the store (diagnostics and tests).
     pub async fn list_keys(&self) -> Result<Vec<String>, StorageError> {
         let metas: Vec<_> = self.store.list(None).try_collect().await?;

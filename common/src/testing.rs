@@ -292,3 +292,170 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// An object store with switches, wrapping a real one: the next writes under a prefix or the next
+/// deletes can be made to fail, and reads can be held until the test lets them through.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: std::sync::Arc<dyn object_store::ObjectStore>,
+    put_faults: std::sync::Mutex<Vec<(String, u32)>>,
+    delete_faults: std::sync::atomic::AtomicU32,
+    /// Each read takes a permit (returned when the read is answered).
+    reads: tokio::sync::Semaphore,
+}
+
+fn injected(what: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faulty",
+        source: format!("injected {what} failure").into(),
+    }
+}
+
+impl FaultyStore {
+    /// Pass everything through to `inner`.
+    pub fn new(inner: std::sync::Arc<dyn object_store::ObjectStore>) -> Self {
+        Self {
+            inner,
+            put_faults: std::sync::Mutex::default(),
+            delete_faults: std::sync::atomic::AtomicU32::new(0),
+            reads: tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS),
+        }
+    }
+
+    /// Let only `n` reads through at once until [`Self::allow_reads`] adds more.
+    pub fn with_read_permits(mut self, n: usize) -> Self {
+        self.reads = tokio::sync::Semaphore::new(n);
+        self
+    }
+
+    pub fn allow_reads(&self, n: usize) {
+        self.reads.add_permits(n);
+    }
+
+    /// Hold every read that starts from now on, until [`Self::allow_reads`].
+    pub fn hold_reads(&self) {
+        self.reads
+            .forget_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    }
+
+    /// Fail the next `n` writes of keys starting with `prefix`.
+    pub fn fail_puts(&self, prefix: &str, n: u32) {
+        self.put_faults
+            .lock()
+            .expect("faults lock")
+            .push((prefix.to_string(), n));
+    }
+
+    /// Fail the next `n` deletes.
+    pub fn fail_deletes(&self, n: u32) {
+        self.delete_faults
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Injected failures not yet spent.
+    pub fn faults_left(&self) -> u32 {
+        let puts: u32 = self
+            .put_faults
+            .lock()
+            .expect("faults lock")
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        puts + self.delete_faults.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn put_fails(&self, location: &object_store::path::Path) -> bool {
+        let mut faults = self.put_faults.lock().expect("faults lock");
+        faults
+            .iter_mut()
+            .find(|(prefix, n)| *n > 0 && location.as_ref().starts_with(prefix.as_str()))
+            .map(|(_, n)| *n -= 1)
+            .is_some()
+    }
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        if self.put_fails(location) {
+            return Err(injected("write"));
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        if self.put_fails(location) {
+            return Err(injected("write"));
+        }
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let _permit = self.reads.acquire().await.expect("never closed");
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        use futures::StreamExt;
+        let fail = self
+            .delete_faults
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if fail {
+            return futures::stream::once(async { Err(injected("delete")) }).boxed();
+        }
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}

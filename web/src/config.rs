@@ -26,6 +26,10 @@ pub struct WebConfig {
     pub outbox_interval: Duration,
     /// How often unwatched jobs older than the TTL are swept.
     pub sweep_interval: Duration,
+    /// How often storage is listed for objects without a job (`BACKLESS_ORPHAN_SWEEP_INTERVAL`).
+    pub orphan_sweep_interval: Duration,
+    /// Objects younger than this are never taken for orphans (`BACKLESS_ORPHAN_GRACE`).
+    pub orphan_grace: Duration,
     /// Models the workers load (`BACKLESS_MODELS`, the worker's own setting): the page offers
     /// only these. Unknown names are ignored here; the worker refuses to start with them.
     pub models: Vec<String>,
@@ -86,6 +90,9 @@ impl WebConfig {
             sse_poll: s.duration("BACKLESS_SSE_POLL", Duration::from_secs(2))?,
             outbox_interval: s.duration("BACKLESS_OUTBOX_INTERVAL", Duration::from_secs(5))?,
             sweep_interval: s.duration("BACKLESS_SWEEP_INTERVAL", Duration::from_secs(60))?,
+            orphan_sweep_interval: s
+                .duration("BACKLESS_ORPHAN_SWEEP_INTERVAL", Duration::from_secs(3600))?,
+            orphan_grace: s.duration("BACKLESS_ORPHAN_GRACE", Duration::from_secs(3600))?,
             models: s
                 .string("BACKLESS_MODELS", "u2netp")
                 .split(',')

@@ -170,9 +170,14 @@ impl App {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let loops = if self.config.background_loops {
             let shared = Arc::clone(&self.shared);
-            let (o, s) = (self.config.outbox_interval, self.config.sweep_interval);
+            let times = lifecycle::LoopTimes {
+                outbox: self.config.outbox_interval,
+                sweep: self.config.sweep_interval,
+                orphan_sweep: self.config.orphan_sweep_interval,
+                orphan_grace: self.config.orphan_grace,
+            };
             Some(tokio::spawn(
-                lifecycle::background_loops(shared, o, s, stop_rx)
+                lifecycle::background_loops(shared, times, stop_rx)
                     .instrument(tracing::info_span!("web-background")),
             ))
         } else {

@@ -59,7 +59,9 @@ impl Shared {
     ) -> Self {
         let metrics = crate::metrics::Metrics::new();
         let queries = metrics.db_queries.clone();
-        let db = db.observed(Arc::new(move |kind| queries.with_label_values(&[kind]).inc()));
+        let db = db.observed(Arc::new(move |kind| {
+            queries.with_label_values(&[kind]).inc()
+        }));
         Self {
             db,
             storage,
@@ -138,14 +140,24 @@ impl Shared {
         Ok(existed)
     }
 
+    /// Undo an upload that failed after its row was written: objects first, then the row, each
+    /// best effort (what is left, the sweeps delete).
+    pub async fn forget_upload(&self, job_id: &str) {
+        if let Err(e) = self.storage.delete_job(job_id).await {
+            tracing::warn!(error = %e, "cannot delete a failed upload's objects; the orphan sweep will");
+        }
+        if let Err(e) = self.db.delete(job_id).await {
+            tracing::warn!(error = %e, "cannot delete a failed upload's row; the sweep will");
+        }
+    }
+
     /// After the last watcher left: wait for the job to finish, then the grace window, then delete
     /// unless someone is watching again. Whatever happens, the job's entry in the watcher map is
     /// forgotten if nobody watches it by then.
     async fn reap_when_finished(self: Arc<Self>, job_id: String, generation: u64) {
         self.reap(&job_id, generation).await;
         let mut w = self.watchers.lock().expect("watchers lock");
-        if w
-            .get(&job_id)
+        if w.get(&job_id)
             .is_some_and(|w| w.count == 0 && w.generation == generation)
         {
             w.remove(&job_id);
@@ -162,7 +174,8 @@ impl Shared {
             }
         };
         // Subscribed before the read, so an end between the two is not missed.
-        let mut changes = futures::stream::select(live, crate::watcher::state_changes(self, job_id));
+        let mut changes =
+            futures::stream::select(live, crate::watcher::state_changes(self, job_id));
         match self.db.get(job_id).await {
             Ok(Some(job)) if job.state.is_final() => {}
             Ok(None) => return,
@@ -252,26 +265,70 @@ impl Shared {
         Ok(())
     }
 
-    /// Delete unwatched jobs older than the TTL. Returns how many were deleted.
+    /// Delete unwatched jobs older than the TTL, paging through all of them (watched ones are
+    /// passed over, never in the way of the rest). Returns how many were deleted.
     pub async fn sweep_once(&self) -> usize {
+        const PAGE: u64 = 500;
         let ttl = chrono::Duration::from_std(self.unwatched_ttl).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now() - ttl;
-        let old = match self.db.created_before(cutoff, 500).await {
-            Ok(o) => o,
+        let mut after = None;
+        let mut n = 0;
+        loop {
+            let page = match self.db.created_before(cutoff, after.as_ref(), PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeper cannot read jobs");
+                    return n;
+                }
+            };
+            for job in &page {
+                if self.watchers(&job.id) > 0 || self.watched_elsewhere(&job.id).await {
+                    continue;
+                }
+                match self.delete_job(&job.id, "sweep").await {
+                    Ok(true) => n += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(job_id = %job.id, error = %e, "sweep delete failed"),
+                }
+            }
+            if (page.len() as u64) < PAGE {
+                return n;
+            }
+            after = page.last().cloned();
+        }
+    }
+
+    /// Delete stored objects, older than `grace`, whose job has no row (left by a crash between
+    /// steps, or by a worker that stored a result for a job deleted meanwhile). Returns how many
+    /// jobs' objects were deleted.
+    pub async fn sweep_orphans_once(&self, grace: Duration) -> usize {
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now() - grace;
+        let ids = match self.storage.job_ids_written_before(before).await {
+            Ok(ids) => ids,
             Err(e) => {
-                tracing::warn!(error = %e, "sweeper cannot read jobs");
+                tracing::warn!(error = %e, "orphan sweep cannot list storage");
                 return 0;
             }
         };
         let mut n = 0;
-        for job in old {
-            if self.watchers(&job.id) > 0 || self.watched_elsewhere(&job.id).await {
-                continue;
-            }
-            match self.delete_job(&job.id, "sweep").await {
-                Ok(true) => n += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(job_id = %job.id, error = %e, "sweep delete failed"),
+        for batch in ids.chunks(500) {
+            let rows: std::collections::HashSet<String> = match self.db.get_many(batch).await {
+                Ok(jobs) => jobs.into_iter().map(|j| j.id).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "orphan sweep cannot read jobs");
+                    return n;
+                }
+            };
+            for id in batch.iter().filter(|id| !rows.contains(*id)) {
+                match self.storage.delete_job(id).await {
+                    Ok(()) => {
+                        tracing::info!(job_id = %id, "orphaned objects deleted");
+                        self.metrics.deletions.with_label_values(&["orphan"]).inc();
+                        n += 1;
+                    }
+                    Err(e) => tracing::warn!(job_id = %id, error = %e, "orphan delete failed"),
+                }
             }
         }
         n
@@ -337,14 +394,24 @@ impl Drop for WatchGuard {
     }
 }
 
-/// The outbox and sweeper loops (separate tasks, so a slow queue never delays a sweep), until
-/// `stop` fires.
+/// How often the background loops run.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopTimes {
+    pub outbox: Duration,
+    pub sweep: Duration,
+    pub orphan_sweep: Duration,
+    /// Objects younger than this are never orphans.
+    pub orphan_grace: Duration,
+}
+
+/// The outbox, sweeper and orphan-sweeper loops (separate tasks, so a slow queue never delays a
+/// sweep), until `stop` fires.
 pub async fn background_loops(
     shared: Arc<Shared>,
-    outbox_every: Duration,
-    sweep_every: Duration,
+    times: LoopTimes,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let (outbox_every, sweep_every) = (times.outbox, times.sweep);
     let outbox = {
         let shared = Arc::clone(&shared);
         let mut stop = stop.clone();
@@ -364,6 +431,24 @@ pub async fn background_loops(
             .instrument(tracing::info_span!("outbox")),
         )
     };
+    let orphans = {
+        let shared = Arc::clone(&shared);
+        let mut stop = stop.clone();
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(times.orphan_sweep);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tick.tick() => {}
+                    }
+                    shared.sweep_orphans_once(times.orphan_grace).await;
+                }
+            }
+            .instrument(tracing::info_span!("orphan-sweeper")),
+        )
+    };
     let sweeper = {
         let mut stop = stop;
         tokio::spawn(
@@ -381,5 +466,5 @@ pub async fn background_loops(
             .instrument(tracing::info_span!("sweeper")),
         )
     };
-    let _ = tokio::join!(outbox, sweeper);
+    let _ = tokio::join!(outbox, sweeper, orphans);
 }

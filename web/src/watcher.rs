@@ -70,7 +70,11 @@ impl StateWatcher {
 /// stream unsubscribes.
 pub fn state_changes(shared: &Arc<Shared>, job_id: &str) -> BoxStream<'static, JobEvent> {
     let rx = {
-        let mut inner = shared.watcher.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = shared
+            .watcher
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let rx = inner
             .jobs
             .entry(job_id.to_string())

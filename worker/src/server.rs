@@ -579,11 +579,25 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
             tracing::info!("job done");
             Outcome::Finished("done")
         }
-        // Deleted (or failed) while we worked: nothing to report to anyone.
-        Ok(false) => {
-            let _ = state.storage.delete_job(job_id).await;
-            Outcome::Finished("gone")
-        }
+        // Not processing any more. Deleted while we worked: what we just stored goes too. Already
+        // finished by another delivery (its lease ran out, and both ran): that job's files are
+        // its result, and nothing is deleted.
+        Ok(false) => match state.db.exists(job_id).await {
+            Ok(false) => {
+                if let Err(e) = state.storage.delete_job(job_id).await {
+                    tracing::warn!(error = %e, "cannot delete a deleted job's result; the orphan sweep will");
+                }
+                Outcome::Finished("gone")
+            }
+            Ok(true) => {
+                tracing::info!("another delivery finished the job first");
+                Outcome::Finished("already finished")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell a deleted job from a finished one; keeping its files");
+                Outcome::Finished("kept")
+            }
+        },
         Err(e) => {
             tracing::warn!(error = %e, "cannot record the result");
             retry(state, &job, "database").await

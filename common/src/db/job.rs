@@ -132,6 +132,11 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub finished_at: Option<DateTimeUtc>,
+    /// Size of the stored original; `None` while the upload is still being stored (the row is
+    /// written first, so a crash leaves a row the sweep deletes, never an object nothing knows).
+    pub original_bytes: Option<i64>,
+    /// The uploader's address prefix (an IPv4 address or an IPv6 /64), for per-address quotas.
+    pub client_addr: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -8,7 +8,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateJob)]
+        vec![Box::new(CreateJob), Box::new(AddUploadColumns)]
     }
 }
 
@@ -37,6 +37,8 @@ enum Job {
     CreatedAt,
     UpdatedAt,
     FinishedAt,
+    OriginalBytes,
+    ClientAddr,
 }
 
 #[async_trait::async_trait]
@@ -106,5 +108,80 @@ impl MigrationTrait for CreateJob {
         manager
             .drop_table(Table::drop().table(Job::Table).to_owned())
             .await
+    }
+}
+
+/// The row is written before the original (`original_bytes` stays NULL until the original is
+/// stored, and the outbox waits for it), and the client's address prefix is kept for quotas.
+struct AddUploadColumns;
+
+// Named by hand: the derive names a migration after its file, which `CreateJob` already took.
+impl MigrationName for AddUploadColumns {
+    fn name(&self) -> &str {
+        "m20261129_000002_upload_columns"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddUploadColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one at a time.
+        if !manager.has_column("job", "original_bytes").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Job::Table)
+                        .add_column(big_integer_null(Job::OriginalBytes))
+                        .to_owned(),
+                )
+                .await?;
+            // Rows from before this migration were written after their original.
+            manager
+                .exec_stmt(
+                    Query::update()
+                        .table(Job::Table)
+                        .value(Job::OriginalBytes, 0)
+                        .and_where(Expr::col(Job::OriginalBytes).is_null())
+                        .to_owned(),
+                )
+                .await?;
+        }
+        if !manager.has_column("job", "client_addr").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Job::Table)
+                        .add_column(string_len_null(Job::ClientAddr, 64))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_job_client_addr")
+                    .table(Job::Table)
+                    .col(Job::ClientAddr)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_job_client_addr")
+                    .table(Job::Table)
+                    .to_owned(),
+            )
+            .await?;
+        for col in [Job::ClientAddr, Job::OriginalBytes] {
+            manager
+                .alter_table(Table::alter().table(Job::Table).drop_column(col).to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }

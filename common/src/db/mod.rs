@@ -54,6 +54,8 @@ pub struct NewJob {
     pub original_content_type: String,
     pub width: u32,
     pub height: u32,
+    /// The uploader's address prefix, for per-address quotas.
+    pub client_addr: Option<String>,
 }
 
 /// `migrate` subcommands (web and worker): connect, apply what is pending, close. Returns the
@@ -182,6 +184,7 @@ impl Db {
         Ok(self.conn.ping().await?)
     }
 
+    /// Record a new job, before its original is stored ([`Db::mark_stored`] follows).
     pub async fn insert(&self, new: NewJob) -> Result<Job, DbError> {
         self.note("insert");
         let now = Utc::now();
@@ -205,6 +208,8 @@ impl Db {
             created_at: Set(now),
             updated_at: Set(now),
             finished_at: Set(None),
+            original_bytes: Set(None),
+            client_addr: Set(new.client_addr),
         };
         Ok(model.insert(&self.conn).await?)
     }
@@ -238,11 +243,35 @@ impl Db {
             .await?)
     }
 
-    /// The owner's jobs, newest first.
+    /// The original is stored: `bytes` long. `false` if the row is gone.
+    pub async fn mark_stored(&self, id: &str, bytes: u64) -> Result<bool, DbError> {
+        self.note("mark_stored");
+        let res = job::Entity::update_many()
+            .col_expr(
+                job::Column::OriginalBytes,
+                Expr::value(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            )
+            .filter(job::Column::Id.eq(id))
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Whether the row exists (tells a job deleted from one another delivery finished).
+    pub async fn exists(&self, id: &str) -> Result<bool, DbError> {
+        self.note("exists");
+        Ok(job::Entity::find_by_id(id.to_string())
+            .count(&self.conn)
+            .await?
+            > 0)
+    }
+
+    /// The owner's jobs whose upload completed, newest first.
     pub async fn list_by_owner(&self, owner: &str) -> Result<Vec<Job>, DbError> {
         self.note("list_by_owner");
         Ok(job::Entity::find()
             .filter(job::Column::Owner.eq(owner))
+            .filter(job::Column::OriginalBytes.is_not_null())
             .order_by_desc(job::Column::CreatedAt)
             .all(&self.conn)
             .await?)
@@ -294,11 +323,13 @@ impl Db {
         Ok(res.rows_affected > 0)
     }
 
-    /// Outbox: queued jobs whose task was never created, oldest first.
+    /// Outbox: queued jobs whose original is stored and whose task was never created, oldest
+    /// first.
     pub async fn pending_enqueue(&self, limit: u64) -> Result<Vec<Job>, DbError> {
         self.note("pending_enqueue");
         Ok(job::Entity::find()
             .filter(job::Column::Enqueued.eq(false))
+            .filter(job::Column::OriginalBytes.is_not_null())
             .filter(job::Column::State.eq(JobState::Queued))
             .order_by_asc(job::Column::CreatedAt)
             .limit(limit)
@@ -414,16 +445,29 @@ impl Db {
         Ok(res.rows_affected == 1)
     }
 
-    /// Jobs created before `cutoff` (for the unwatched-job sweep).
+    /// Jobs created before `cutoff`, oldest first, `limit` at a time: pass the last job of a page
+    /// as `after` for the next (for the unwatched-job sweep, which pages through all of them).
     pub async fn created_before(
         &self,
         cutoff: chrono::DateTime<Utc>,
+        after: Option<&Job>,
         limit: u64,
     ) -> Result<Vec<Job>, DbError> {
         self.note("created_before");
-        Ok(job::Entity::find()
-            .filter(job::Column::CreatedAt.lt(cutoff))
-            .order_by_asc(job::Column::CreatedAt)
+        let mut q = job::Entity::find().filter(job::Column::CreatedAt.lt(cutoff));
+        if let Some(last) = after {
+            q = q.filter(
+                Condition::any()
+                    .add(job::Column::CreatedAt.gt(last.created_at))
+                    .add(
+                        Condition::all()
+                            .add(job::Column::CreatedAt.eq(last.created_at))
+                            .add(job::Column::Id.gt(last.id.clone())),
+                    ),
+            );
+        }
+        Ok(q.order_by_asc(job::Column::CreatedAt)
+            .order_by_asc(job::Column::Id)
             .limit(limit)
             .all(&self.conn)
             .await?)
@@ -480,6 +524,7 @@ mod tests {
             original_content_type: "image/png".into(),
             width: 10,
             height: 20,
+            client_addr: None,
         }
     }
 
@@ -528,6 +573,12 @@ mod tests {
         assert!(!job.enqueued);
         assert_eq!(job.original_key, format!("originals/{}", job.id));
 
+        assert!(
+            db.pending_enqueue(10).await.unwrap().is_empty(),
+            "the outbox waits for the original"
+        );
+        assert!(db.list_by_owner("alice").await.unwrap().is_empty());
+        assert!(db.mark_stored(&job.id, 1234).await.unwrap());
         assert_eq!(db.pending_enqueue(10).await.unwrap().len(), 1);
         assert!(db.mark_enqueued(&job.id).await.unwrap());
         assert!(db.pending_enqueue(10).await.unwrap().is_empty());
@@ -576,9 +627,48 @@ mod tests {
         assert!(db.rename(&job.id, "bob", "evil").await.unwrap().is_none());
 
         assert_eq!(db.list_by_owner("alice").await.unwrap().len(), 1);
+        assert!(db.exists(&job.id).await.unwrap());
         assert!(db.delete(&job.id).await.unwrap());
         assert!(!db.delete(&job.id).await.unwrap());
+        assert!(!db.exists(&job.id).await.unwrap());
         assert_eq!(db.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn pages_of_old_jobs_cover_every_one_once() {
+        check_pages(memory_db().await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_pages_of_old_jobs_cover_every_one_once() {
+        check_pages(postgres_db(2).await).await;
+    }
+
+    async fn check_pages(db: Db) {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(db.insert(new_job("alice")).await.unwrap().id);
+        }
+        let cutoff = Utc::now() + chrono::Duration::seconds(1);
+        let mut seen = Vec::new();
+        let mut after: Option<Job> = None;
+        loop {
+            let page = db.created_before(cutoff, after.as_ref(), 2).await.unwrap();
+            assert!(page.len() <= 2);
+            seen.extend(page.iter().map(|j| j.id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 2 => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        let (mut seen_sorted, mut ids) = (seen.clone(), ids);
+        seen_sorted.sort();
+        seen_sorted.dedup();
+        ids.sort();
+        assert_eq!(seen.len(), 5, "no job twice");
+        assert_eq!(seen_sorted, ids, "every job once");
+        let past = Utc::now() - chrono::Duration::hours(1);
+        assert!(db.created_before(past, None, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

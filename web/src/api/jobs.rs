@@ -374,6 +374,17 @@ impl JobsApi {
         Ok(o)
     }
 
+    /// Store the original and record that it is there.
+    async fn store_original(&self, id: &str, data: Bytes) -> Result<(), WebError> {
+        let bytes = data.len() as u64;
+        self.shared.storage.put_original(id, data).await?;
+        if !self.shared.db.mark_stored(id, bytes).await? {
+            // Deleted meanwhile (it was never listed): what was just stored goes too.
+            return Err(WebError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn read_upload(&self, file: Upload) -> Result<(Option<String>, Bytes), WebError> {
         let max = self.limits.max_bytes;
         if file.size() as u64 > max {
@@ -434,12 +445,9 @@ impl JobsApi {
         let id = new_job_id();
         tracing::Span::current().record("job_id", id.as_str());
         let shared = &self.shared;
-        shared
-            .storage
-            .put_original(&id, data)
-            .await
-            .map_err(WebError::from)?;
-        let job = match shared
+        // The row first: a crash from here on leaves a row the sweep deletes (with any object
+        // under its id), never an object nothing knows about.
+        let mut job = shared
             .db
             .insert(NewJob {
                 id: id.clone(),
@@ -449,15 +457,29 @@ impl JobsApi {
                 original_content_type: checked.format.content_type().to_string(),
                 width: checked.width,
                 height: checked.height,
+                client_addr: None,
             })
             .await
-        {
-            Ok(job) => job,
-            Err(e) => {
-                let _ = shared.storage.delete_job(&id).await;
-                return Err(WebError::from(e).into());
-            }
+            .map_err(WebError::from)?;
+        // Counted with this job in: two uploads racing past the check above cannot both stay.
+        let live = shared.db.count_live_by_owner(&client.0).await;
+        let refused = match live {
+            Ok(n) if n > self.max_live_per_client => Some(WebError::TooManyJobs {
+                max: self.max_live_per_client,
+            }),
+            Ok(_) => None,
+            Err(e) => Some(e.into()),
         };
+        let size = data.len() as u64;
+        let stored = match refused {
+            Some(e) => Err(e),
+            None => self.store_original(&id, data).await,
+        };
+        if let Err(e) = stored {
+            shared.forget_upload(&id).await;
+            return Err(e.into());
+        }
+        job.original_bytes = i64::try_from(size).ok();
         tracing::info!(
             width = checked.width,
             height = checked.height,
@@ -468,7 +490,6 @@ impl JobsApi {
             .events
             .publish(&id, JobEvent::new(Stage::Uploaded, 0))
             .await;
-        let mut job = job;
         match shared.enqueue(&id, job.created_at).await {
             Ok(()) => job.enqueued = true,
             Err(e) => {

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backless_common::events::{Events, InProcessEvents, JobEvent, Stage};
+use backless_common::storage::Storage;
+use backless_common::testing::FaultyStore;
 use backless_web::lifecycle::Shared;
 use backless_web::{App, Components, WebConfig};
 use futures::StreamExt;
@@ -23,7 +25,28 @@ pub fn closed_port() -> u16 {
 }
 
 pub async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
+    spawn_app_on(extra, None).await
+}
+
+/// A [`FaultyStore`] over the app's objects folder, for [`spawn_app_on`].
+pub fn faulty_store(dir: &Path) -> Arc<FaultyStore> {
+    let objects = dir.join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    Arc::new(FaultyStore::new(Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&objects).unwrap(),
+    )))
+}
+
+/// The app, on `store` when given (made by [`faulty_store`] over the app's folder, which is
+/// `dir`).
+pub async fn spawn_app_on(
+    extra: &[(&str, &str)],
+    store: Option<(tempfile::TempDir, Arc<FaultyStore>)>,
+) -> TestApp {
+    let (dir, storage) = match store {
+        Some((dir, store)) => (dir, Some(Storage::from_store(store, "faulty://"))),
+        None => (tempfile::tempdir().unwrap(), None),
+    };
     let db = format!("sqlite://{}/backless.db?mode=rwc", dir.path().display());
     let objects = format!("file://{}/objects", dir.path().display());
     let tasks = format!("http://127.0.0.1:{}", closed_port());
@@ -46,6 +69,7 @@ pub async fn spawn_app(extra: &[(&str, &str)]) -> TestApp {
         config,
         Components {
             events: Some(events.clone() as Arc<dyn Events>),
+            storage,
             ..Components::default()
         },
     )

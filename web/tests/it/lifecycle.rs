@@ -288,3 +288,168 @@ async fn a_job_another_replica_deleted_is_forgotten_here() {
         "the watch entry and the state subscription are gone"
     );
 }
+
+#[tokio::test]
+async fn an_upload_whose_original_cannot_be_stored_leaves_no_row_and_no_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = faulty_store(dir.path());
+    store.fail_puts("originals/", 1);
+    let app = spawn_app_on(&[], Some((dir, store.clone()))).await;
+    let c = browser();
+    let (status, body) = app.upload(&c, png_bytes(64, 48), "cat.png").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(store.faults_left(), 0);
+    assert_eq!(app.job_rows().await, 0, "the row written first is gone");
+    assert!(app.stored_files().is_empty());
+    // The next upload is unaffected.
+    let id = app.create_job(&c).await;
+    assert_eq!(app.stored_files().len(), 1);
+    let job: serde_json::Value = c
+        .get(app.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["state"], "queued");
+}
+
+#[tokio::test]
+async fn a_delete_that_cannot_remove_the_files_keeps_the_row_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = faulty_store(dir.path());
+    let app = spawn_app_on(&[], Some((dir, store.clone()))).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    store.fail_deletes(1);
+    let url = app.url(&format!("/v1/jobs/{id}"));
+    assert_eq!(c.delete(&url).send().await.unwrap().status(), 503);
+    // The row is deleted last, so the job (and its files) can still be found and deleted.
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(app.stored_files().len(), 1);
+    assert_eq!(c.delete(&url).send().await.unwrap().status(), 204);
+    assert_eq!(app.job_rows().await, 0);
+    assert!(app.stored_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_between_row_and_original_leaves_a_row_the_sweep_deletes() {
+    let app = spawn_app(&[
+        ("BACKLESS_UNWATCHED_TTL", "1s"),
+        ("BACKLESS_SWEEP_INTERVAL", "1h"),
+        ("BACKLESS_OUTBOX_INTERVAL", "100ms"),
+    ])
+    .await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    let owner = app.shared.db.get(&id).await.unwrap().unwrap().owner;
+    // What an upload that died after writing its row leaves: a row, no original.
+    let crashed = backless_common::db::new_job_id();
+    app.shared
+        .db
+        .insert(backless_common::db::NewJob {
+            id: crashed.clone(),
+            owner,
+            name: "crashed".into(),
+            options: Default::default(),
+            original_content_type: "image/png".into(),
+            width: 64,
+            height: 48,
+            client_addr: None,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = app.shared.db.get(&crashed).await.unwrap().unwrap();
+    assert!(
+        !row.enqueued,
+        "the outbox never enqueues a job without its original"
+    );
+    let listed: serde_json::Value = c
+        .get(app.url("/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [id.as_str()], "the owner never sees it");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.shared.sweep_once().await, 2);
+    assert_eq!(app.job_rows().await, 0);
+    assert!(app.stored_files().is_empty());
+}
+
+#[tokio::test]
+async fn the_sweep_pages_past_watched_jobs() {
+    let app = spawn_app(&[
+        ("BACKLESS_UNWATCHED_TTL", "0s"),
+        ("BACKLESS_SWEEP_INTERVAL", "1h"),
+    ])
+    .await;
+    // 500 old jobs everyone watches (a page's worth), then one nobody does.
+    let mut guards = Vec::new();
+    for i in 0..501 {
+        let id = backless_common::db::new_job_id();
+        app.shared
+            .db
+            .insert(backless_common::db::NewJob {
+                id: id.clone(),
+                owner: "someone".into(),
+                name: format!("job {i}"),
+                options: Default::default(),
+                original_content_type: "image/png".into(),
+                width: 1,
+                height: 1,
+                client_addr: None,
+            })
+            .await
+            .unwrap();
+        if i < 500 {
+            guards.push(app.shared.watch(&id));
+        }
+    }
+    assert_eq!(
+        app.shared.sweep_once().await,
+        1,
+        "the unwatched job behind them"
+    );
+    assert_eq!(app.job_rows().await, 500);
+    drop(guards);
+}
+
+#[tokio::test]
+async fn objects_without_a_row_are_swept_once_older_than_the_grace() {
+    let app = spawn_app(&[("BACKLESS_ORPHAN_SWEEP_INTERVAL", "1h")]).await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    let orphan = backless_common::db::new_job_id();
+    app.shared
+        .storage
+        .put_result(&orphan, png_bytes(4, 4).into())
+        .await
+        .unwrap();
+    assert_eq!(app.stored_files().len(), 2);
+    assert_eq!(
+        app.shared
+            .sweep_orphans_once(Duration::from_secs(3600))
+            .await,
+        0,
+        "too young to be an orphan"
+    );
+    assert_eq!(
+        app.shared.sweep_orphans_once(Duration::ZERO).await,
+        1,
+        "only the object without a row"
+    );
+    let left = app.stored_files();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].ends_with(&id));
+}

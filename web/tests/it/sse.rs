@@ -228,8 +228,8 @@ async fn open_streams_cost_one_query_per_interval_and_held_finished_ones_none() 
     let before = queries(&app);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = queries(&app);
-    let batched = after.get("get_many").copied().unwrap_or(0)
-        - before.get("get_many").copied().unwrap_or(0);
+    let batched =
+        after.get("get_many").copied().unwrap_or(0) - before.get("get_many").copied().unwrap_or(0);
     assert!(
         (3..=12).contains(&batched),
         "one read per 200 ms interval over 2 s, whatever the number of streams: {batched}"
@@ -242,7 +242,11 @@ async fn open_streams_cost_one_query_per_interval_and_held_finished_ones_none() 
 
     // The record alone (no event published) moves every stream to its end.
     let db = &app.shared.db;
-    assert!(db.try_claim(&queued, Duration::from_secs(60)).await.unwrap());
+    assert!(
+        db.try_claim(&queued, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
     let key = backless_common::storage::result_key(&queued);
     app.shared
         .storage

@@ -1,105 +1,17 @@
-//! Fault injection on the worker's storage: a real file store wrapped so a test can make the next
-//! result write fail, or hold reads until released. The queue is the real emulator.
+//! Fault injection on the worker's storage: a real file store wrapped (common's `FaultyStore`) so
+//! a test can make the next result write fail, or hold reads until released. The queue is the real emulator.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use backless_common::config::CommonConfig;
 use backless_common::db::{Db, JobState};
 use backless_common::events::{Events, InProcessEvents};
 use backless_common::storage::Storage;
 use backless_common::tasks::TaskQueue;
+use backless_common::testing::FaultyStore;
 use backless_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
-use tokio::sync::Semaphore;
-
-/// A local file store with switches.
-#[derive(Debug)]
-struct FaultyStore {
-    inner: LocalFileSystem,
-    /// Result writes still to fail.
-    fail_result_puts: AtomicU32,
-    /// Reads wait for a permit here (released by the test).
-    gate: Semaphore,
-}
-
-impl std::fmt::Display for FaultyStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FaultyStore({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FaultyStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        if location.as_ref().starts_with("results/")
-            && self
-                .fail_result_puts
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            return Err(object_store::Error::Generic {
-                store: "faulty",
-                source: "injected write failure".into(),
-            });
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        let _permit = self.gate.acquire().await.expect("gate open");
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
 
 struct Rig {
     db: Db,
@@ -136,11 +48,12 @@ async fn rig(extra: &[(&str, &str)], gate_permits: usize) -> Rig {
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let objects = dir.path().join("objects");
     std::fs::create_dir_all(&objects).unwrap();
-    let store = Arc::new(FaultyStore {
-        inner: LocalFileSystem::new_with_prefix(&objects).unwrap(),
-        fail_result_puts: AtomicU32::new(0),
-        gate: Semaphore::new(gate_permits),
-    });
+    let store = Arc::new(
+        FaultyStore::new(Arc::new(
+            LocalFileSystem::new_with_prefix(&objects).unwrap(),
+        ))
+        .with_read_permits(gate_permits),
+    );
     let storage = Storage::from_store(store.clone(), "faulty://");
     let events: Arc<dyn Events> = Arc::new(InProcessEvents::default());
     let worker = backless_worker::server::App::build_with(
@@ -220,11 +133,11 @@ impl Rig {
 async fn result_write_fails_once_then_the_retry_stores_it_whole() {
     let mut rig = rig(&[], 1_000).await;
     let id = rig.job().await;
-    rig.store.fail_result_puts.store(1, Ordering::SeqCst);
+    rig.store.fail_puts("results/", 1);
     rig.tasks.enqueue_job(&id).await.unwrap();
     rig.wait_done(&id).await;
 
-    assert_eq!(rig.store.fail_result_puts.load(Ordering::SeqCst), 0);
+    assert_eq!(rig.store.faults_left(), 0);
     let retry = "backless_worker_pushes_total{outcome=\"retry\"}";
     let done = "backless_worker_pushes_total{outcome=\"done\"}";
     assert!(
@@ -287,10 +200,79 @@ async fn pushes_beyond_capacity_get_503_with_retry_after() {
         "the refused job was not touched"
     );
 
-    rig.store.gate.add_permits(1_000);
+    rig.store.allow_reads(1_000);
     assert_eq!(first.await.unwrap().status(), 200);
     rig.wait_done(&a).await;
     assert_eq!(push(b.clone()).await.status(), 200, "capacity is back");
     rig.wait_done(&b).await;
+    rig.emulator.take().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_finding_its_job_finished_by_another_deletes_nothing() {
+    // Reads are held, so the second delivery is parked inside the worker while the first
+    // (whose lease ran out, but which was still alive) finishes the job.
+    let mut rig = rig(&[], 0).await;
+    let id = rig.job().await;
+    assert!(rig.db.try_claim(&id, Duration::ZERO).await.unwrap());
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/tasks/remove-background", rig.worker_url);
+    let body = serde_json::json!({ "job_id": id });
+    let second = tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rig.db.get(&id).await.unwrap().unwrap().attempts < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second delivery never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first delivery stores its result and records it.
+    let first_result = std::fs::read(crate::fixture("fixtures/photos/astronaut.png")).unwrap();
+    rig.storage
+        .put_result(&id, first_result.into())
+        .await
+        .unwrap();
+    let key = backless_common::storage::result_key(&id);
+    assert!(rig.db.mark_done(&id, &key, "image/png").await.unwrap());
+
+    rig.store.allow_reads(1_000);
+    let res = second.await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "already finished");
+    let job = rig.db.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(
+        rig.files(),
+        [format!("originals/{id}"), format!("results/{id}")],
+        "the finished job keeps its original and its result"
+    );
+    let result = rig.storage.get_result(&id).await.unwrap();
+    assert!(image::load_from_memory(&result).is_ok());
+
+    // A job deleted while a delivery runs: what the delivery stored goes too.
+    let gone = rig.job().await;
+    rig.store.hold_reads();
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/tasks/remove-background", rig.worker_url);
+    let body = serde_json::json!({ "job_id": gone });
+    let delivery = tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rig.db.get(&gone).await.unwrap().unwrap().state != JobState::Processing {
+        assert!(Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rig.db.delete(&gone).await.unwrap());
+    rig.store.allow_reads(1_000);
+    let res = delivery.await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "gone");
+    assert!(
+        !rig.files().iter().any(|f| f.ends_with(&gone)),
+        "nothing of the deleted job is left: {:?}",
+        rig.files()
+    );
     rig.emulator.take().unwrap().shutdown().await;
 }

@@ -107,6 +107,7 @@ pub async fn record_astronaut_job(
         original_content_type: "image/png".into(),
         width: 256,
         height: 256,
+        client_addr: None,
     })
     .await
     .unwrap();

@@ -38,6 +38,7 @@ async fn plant(db: &Db, storage: &Storage, png: Vec<u8>, pipeline: serde_json::V
         original_content_type: "image/png".into(),
         width: w,
         height: h,
+        client_addr: None,
     })
     .await
     .unwrap();
