@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -35,6 +35,21 @@ pub enum StorageError {
     NotFound(String),
     #[error("object store error: {0}")]
     Store(#[from] object_store::Error),
+}
+
+/// An object being read.
+pub struct ObjectStream {
+    /// Its length in bytes.
+    pub size: u64,
+    pub body: futures::stream::BoxStream<'static, Result<Bytes, StorageError>>,
+}
+
+impl std::fmt::Debug for ObjectStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStream")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Key of a job's uploaded original.
@@ -155,6 +170,19 @@ impl Storage {
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         match self.store.get(&Path::from(key)).await {
             Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read an object as it arrives, in the store's chunks: memory stays bounded however large
+    /// the object and however slow the reader.
+    pub async fn get_stream(&self, key: &str) -> Result<ObjectStream, StorageError> {
+        match self.store.get(&Path::from(key)).await {
+            Ok(r) => Ok(ObjectStream {
+                size: r.meta.size,
+                body: r.into_stream().map_err(StorageError::from).boxed(),
+            }),
             Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key.into())),
             Err(e) => Err(e.into()),
         }
@@ -324,6 +352,14 @@ mod tests {
         let mut keys = s.list_keys().await.unwrap();
         keys.sort();
         assert_eq!(keys, vec!["originals/abc", "results/abc"]);
+        let streamed = s.get_stream("originals/abc").await.unwrap();
+        assert_eq!(streamed.size, 4);
+        let chunks: Vec<Bytes> = streamed.body.try_collect().await.unwrap();
+        assert_eq!(chunks.concat(), b"orig");
+        assert!(matches!(
+            s.get_stream("originals/none").await,
+            Err(StorageError::NotFound(_))
+        ));
         s.delete_job("abc").await.unwrap();
         s.delete_job("abc").await.unwrap();
         assert!(s.list_keys().await.unwrap().is_empty());

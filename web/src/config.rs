@@ -108,6 +108,7 @@ impl WebConfig {
                     per_client: s.parse("BACKLESS_RATE_LIMIT_PER_CLIENT", d.per_client)?,
                     sse_per_client: s.parse("BACKLESS_MAX_SSE_PER_CLIENT", d.sse_per_client)?,
                     client_ip_header: s.get("BACKLESS_CLIENT_IP_HEADER").map(str::to_string),
+                    max_transfers: s.parse("BACKLESS_MAX_TRANSFERS", d.max_transfers)?,
                 }
             },
             result_delivery: match s.string("BACKLESS_RESULT_DELIVERY", "stream").as_str() {

@@ -198,13 +198,15 @@ impl App {
 }
 
 /// 413 before reading a body that declares more than `limit` bytes; a body without a length is
-/// capped while it is read.
+/// counted as it streams through (never buffered here) and cut off past the limit, answered 413.
 async fn limit_body<E: poem::Endpoint>(
     ep: Arc<E>,
     mut req: poem::Request,
     limit: u64,
 ) -> poem::Result<poem::Response> {
+    use futures::StreamExt;
     use poem::IntoResponse;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let declared = req
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
@@ -216,25 +218,30 @@ async fn limit_body<E: poem::Endpoint>(
         })
         .into_response()
     };
+    let exceeded = Arc::new(AtomicBool::new(false));
     match declared {
         Some(n) if n > limit => return Ok(too_large()),
         Some(_) => {}
-        None if req.method() == poem::http::Method::POST
-            || req.method() == poem::http::Method::PATCH =>
-        {
-            let body = req.take_body();
-            match body
-                .into_bytes_limit(usize::try_from(limit).unwrap_or(usize::MAX))
-                .await
-            {
-                Ok(b) => req.set_body(b),
-                Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
-                Err(e) => return Err(e.into()),
-            }
+        None => {
+            let flag = Arc::clone(&exceeded);
+            let mut seen = 0u64;
+            let body = req.take_body().into_bytes_stream().map(move |chunk| {
+                let chunk = chunk?;
+                seen = seen.saturating_add(chunk.len() as u64);
+                if seen > limit {
+                    flag.store(true, Ordering::Relaxed);
+                    return Err(std::io::Error::other("request body over the size limit"));
+                }
+                Ok(chunk)
+            });
+            req.set_body(poem::Body::from_bytes_stream(body));
         }
-        None => {}
     }
-    Ok(ep.call(req).await?.into_response())
+    let resp = ep.call(req).await;
+    if exceeded.load(Ordering::Relaxed) {
+        return Ok(too_large());
+    }
+    Ok(resp?.into_response())
 }
 
 /// `GET /metrics`: Prometheus text; jobs by state are read from the database now.

@@ -33,6 +33,9 @@ pub struct RateLimits {
     /// e.g. `X-Forwarded-For`; its last entry, the one the nearest proxy appended, is used).
     /// Unset: the peer address.
     pub client_ip_header: Option<String>,
+    /// Uploads and image downloads in progress at once in this process
+    /// (`BACKLESS_MAX_TRANSFERS`); beyond it, 503 with `Retry-After` and code `busy`.
+    pub max_transfers: u32,
 }
 
 impl Default for RateLimits {
@@ -42,6 +45,7 @@ impl Default for RateLimits {
             per_client: 300,
             sse_per_client: 20,
             client_ip_header: None,
+            max_transfers: 32,
         }
     }
 }
@@ -157,6 +161,7 @@ pub struct Limiter {
     per_ip: Buckets,
     per_client: Buckets,
     streams: Arc<StreamSlots>,
+    transfers: Arc<tokio::sync::Semaphore>,
     signer: Signer,
 }
 
@@ -166,6 +171,9 @@ impl Limiter {
             per_ip: Buckets::new(limits.per_ip),
             per_client: Buckets::new(limits.per_client),
             streams: StreamSlots::new(limits.sse_per_client),
+            transfers: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(limits.max_transfers).unwrap_or(usize::MAX),
+            )),
             limits,
             signer,
         })
@@ -190,11 +198,37 @@ impl Limiter {
     }
 }
 
+/// Whether the request moves an image: an upload, or an original or result download.
+fn is_transfer(req: &Request) -> bool {
+    let path = req.uri().path();
+    match *req.method() {
+        Method::POST => path == "/v1/jobs",
+        Method::GET => {
+            path.starts_with("/v1/jobs/")
+                && (path.ends_with("/original") || path.ends_with("/result"))
+        }
+        _ => false,
+    }
+}
+
+/// Keep `guard` until the response's body has been sent (or the client left).
+pub fn hold_until_sent<G: Send + Sync + 'static>(resp: &mut Response, guard: G) {
+    let body = resp.take_body().into_bytes_stream();
+    resp.set_body(Body::from_bytes_stream(body.map(move |chunk| {
+        let _held = &guard;
+        chunk
+    })));
+}
+
 fn too_many(code: &str, message: &str, wait: Duration) -> Response {
+    refuse(StatusCode::TOO_MANY_REQUESTS, code, message, wait)
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str, wait: Duration) -> Response {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let body = serde_json::json!({ "code": code, "message": message }).to_string();
     let mut r = Response::builder()
-        .status(StatusCode::TOO_MANY_REQUESTS)
+        .status(status)
         .content_type("application/json; charset=utf-8")
         .body(body);
     if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -243,14 +277,28 @@ pub async fn limit<E: Endpoint>(
         },
         _ => None,
     };
+    let transfer = if is_transfer(&req) {
+        match Arc::clone(&limiter.transfers).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return Ok(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "Too many uploads and downloads in progress; try again in a few seconds.",
+                    Duration::from_secs(5),
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let mut resp = ep.call(req).await?.into_response();
+    // Hold the stream slot and the transfer permit for as long as the body is being sent.
     if let Some(slot) = slot {
-        // Hold the slot for as long as the stream is being sent.
-        let body = resp.take_body().into_bytes_stream();
-        resp.set_body(Body::from_bytes_stream(body.map(move |chunk| {
-            let _held = &slot;
-            chunk
-        })));
+        hold_until_sent(&mut resp, slot);
+    }
+    if let Some(permit) = transfer {
+        hold_until_sent(&mut resp, permit);
     }
     Ok(resp)
 }

@@ -1,8 +1,9 @@
 //! An image response whose content type is known only at run time.
 
-use bytes::Bytes;
+use backless_common::storage::ObjectStream;
+use futures::TryStreamExt;
 use poem::http::header;
-use poem::{IntoResponse, Response};
+use poem::{Body, IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::registry::{
     MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry,
@@ -23,9 +24,10 @@ pub fn content_disposition(name: &str) -> String {
     format!("inline; filename=\"{safe}\"")
 }
 
-/// Image bytes with their sniffed or produced content type; never cached by shared caches.
+/// An image with its sniffed or produced content type, streamed from storage as the client reads
+/// it; never cached by shared caches.
 pub struct ImageBody {
-    pub data: Bytes,
+    pub object: ObjectStream,
     pub content_type: String,
     /// Offer as a download under this name.
     pub filename: Option<String>,
@@ -42,8 +44,13 @@ impl IntoResponse for ImageBody {
             Some(name) => content_disposition(&name),
             None => "inline".to_string(),
         };
+        let body = self
+            .object
+            .body
+            .map_err(|e| std::io::Error::other(e.to_string()));
         r.header(header::CONTENT_DISPOSITION, disposition)
-            .body(self.data)
+            .header(header::CONTENT_LENGTH, self.object.size)
+            .body(Body::from_bytes_stream(body))
     }
 }
 

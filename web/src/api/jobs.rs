@@ -20,7 +20,6 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiResponse, Enum, Multipart, Object, OpenApi, Tags};
-use tokio::io::AsyncReadExt;
 
 use super::image_body::{ImageBody, ResultBody};
 use crate::error::{ApiResult, WebError};
@@ -374,6 +373,18 @@ impl JobsApi {
         Ok(o)
     }
 
+    /// A stored object, to stream to the client.
+    async fn open(&self, key: &str) -> Result<backless_common::storage::ObjectStream, WebError> {
+        self.shared
+            .storage
+            .get_stream(key)
+            .await
+            .map_err(|e| match e {
+                backless_common::storage::StorageError::NotFound(_) => WebError::NotFound,
+                e => e.into(),
+            })
+    }
+
     /// Store the original and record that it is there.
     async fn store_original(&self, id: &str, data: Bytes) -> Result<(), WebError> {
         let bytes = data.len() as u64;
@@ -385,22 +396,28 @@ impl JobsApi {
         Ok(())
     }
 
+    /// The uploaded file's name and bytes. The multipart parser has already spooled the file to
+    /// an unlinked temporary file; its bytes are mapped from there, not copied onto the heap, so
+    /// a large upload costs page cache (which the kernel can drop), not process memory.
     async fn read_upload(&self, file: Upload) -> Result<(Option<String>, Bytes), WebError> {
         let max = self.limits.max_bytes;
         if file.size() as u64 > max {
             return Err(WebError::FileTooLarge { max_bytes: max });
         }
         let name = file.file_name().map(str::to_string);
-        let mut data = Vec::with_capacity(file.size());
-        file.into_async_read()
-            .take(max + 1)
-            .read_to_end(&mut data)
-            .await
+        if file.size() == 0 {
+            return Ok((name, Bytes::new()));
+        }
+        let spooled = file.into_file().into_std().await;
+        // SAFETY: the file is the multipart parser's own unlinked temporary file: no other
+        // process can open it, and nothing in this one writes to it after parsing, so the
+        // mapped bytes do not change while they are borrowed.
+        let mapped = unsafe { memmap2::Mmap::map(&spooled) }
             .map_err(|e| WebError::InvalidRequest(format!("cannot read the upload: {e}")))?;
-        if data.len() as u64 > max {
+        if mapped.len() as u64 > max {
             return Err(WebError::FileTooLarge { max_bytes: max });
         }
-        Ok((name, Bytes::from(data)))
+        Ok((name, Bytes::from_owner(mapped)))
     }
 }
 
@@ -568,17 +585,8 @@ impl JobsApi {
     #[oai(path = "/jobs/:id/original", method = "get")]
     async fn original(&self, req: &Request, id: Path<String>) -> ApiResult<ImageBody> {
         let (_, job) = self.owned(req, &id).await?;
-        let data = self
-            .shared
-            .storage
-            .get(&job.original_key)
-            .await
-            .map_err(|e| match e {
-                backless_common::storage::StorageError::NotFound(_) => WebError::NotFound,
-                e => e.into(),
-            })?;
         Ok(ImageBody {
-            data,
+            object: self.open(&job.original_key).await?,
             content_type: job.original_content_type,
             filename: None,
         })
@@ -617,12 +625,8 @@ impl JobsApi {
                 })?;
             return Ok(ResultBody::Redirect(url.to_string()));
         }
-        let data = self.shared.storage.get(&key).await.map_err(|e| match e {
-            backless_common::storage::StorageError::NotFound(_) => WebError::NotFound,
-            e => e.into(),
-        })?;
         Ok(ResultBody::Image(ImageBody {
-            data,
+            object: self.open(&key).await?,
             content_type,
             filename: Some(filename),
         }))

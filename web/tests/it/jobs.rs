@@ -374,3 +374,24 @@ async fn config_tells_the_page_the_limits_the_server_enforces() {
     assert!(png_bytes(64, 64).len() > 5000);
     assert_eq!(status, 413, "{body}");
 }
+
+#[tokio::test]
+async fn a_body_without_a_length_is_cut_off_at_the_limit() {
+    let app = spawn_app(&[("BACKLESS_MAX_UPLOAD_BYTES", "10000")]).await;
+    let c = browser();
+    // 1.25 MiB in 64 KiB chunks, no Content-Length: refused once it passes the limit (the file
+    // limit plus 1 MiB of multipart framing), counted as it streams.
+    let chunks = (0..20).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024]));
+    let res = c
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "file_too_large");
+    assert!(app.stored_files().is_empty());
+    assert_eq!(app.job_rows().await, 0);
+}

@@ -11,3 +11,4 @@ mod pipelines;
 mod queue;
 mod security;
 mod sse;
+mod transfers;
