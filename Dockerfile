@@ -64,6 +64,9 @@ ENV BACKLESS_WORKER_ADDR=0.0.0.0:8080 \
 EXPOSE 8080
 ENTRYPOINT ["worker", "serve"]
 
+# The emulator signs OIDC tokens for, and fetches, whatever its tasks name: anyone who can reach
+# it can have it do so. It listens on all interfaces only because a container's loopback is its
+# own; publish it to no one (compose keeps it on its private network).
 FROM runtime AS emulator
 COPY --from=build /out/backless-emulator /usr/local/bin/backless-emulator
 EXPOSE 8123

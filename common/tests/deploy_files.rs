@@ -255,3 +255,52 @@ fn kubernetes_manifests_are_consistent() {
     let key: serde_json::Value = serde_json::from_str(&read("key.json.example")).unwrap();
     assert_eq!(key["type"], "service_account");
 }
+
+#[test]
+fn deploy_files_are_safe_as_shipped() {
+    let compose = &yaml_docs("docker-compose.yml")[0];
+    let services = &compose["services"];
+    // Web is published on loopback only; the emulator (which signs tokens and fetches URLs for
+    // whoever reaches it) is published nowhere.
+    for port in services["web"]["ports"].as_sequence().unwrap() {
+        let port = port.as_str().unwrap();
+        assert!(
+            port.starts_with("127.0.0.1:"),
+            "web published beyond loopback: {port}"
+        );
+    }
+    assert!(
+        services["emulator"]["ports"].is_null(),
+        "the emulator is published"
+    );
+    // The cookie secret comes from the environment, with no committed default.
+    let secret = services["web"]["environment"]["BACKLESS_COOKIE_SECRET"]
+        .as_str()
+        .unwrap();
+    assert!(
+        secret.starts_with("${BACKLESS_COOKIE_SECRET:?"),
+        "compose commits a cookie secret: {secret}"
+    );
+    // Behind a proxy, quotas count the client's address, not the proxy's.
+    let web = yaml_docs("k8s/web.yaml");
+    let deployment = web.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "BACKLESS_CLIENT_IP_HEADER"),
+        "k8s web does not read the client address header"
+    );
+    let cloudbuild = read("cloudbuild.yaml");
+    let web_deploy = cloudbuild
+        .split("--set-env-vars")
+        .find(|part| part.contains("BACKLESS_COOKIE_SECURE"))
+        .expect("web's Cloud Run settings");
+    assert!(web_deploy.contains("BACKLESS_CLIENT_IP_HEADER=X-Forwarded-For"));
+    // The worker on Cloud Run checks tokens against Google's issuer: it names the account.
+    let worker_deploy = cloudbuild
+        .split("--set-env-vars")
+        .find(|part| part.contains("BACKLESS_PUSH_OIDC_AUDIENCE"))
+        .expect("worker's Cloud Run settings");
+    assert!(worker_deploy.contains("BACKLESS_PUSH_OIDC_EMAIL="));
+}

@@ -39,6 +39,18 @@ pub struct WebConfig {
     pub rate_limits: RateLimits,
     /// How `GET /v1/jobs/{id}/result` hands out the image (`BACKLESS_RESULT_DELIVERY`).
     pub result_delivery: ResultDelivery,
+    /// What one client address may hold, whatever client ids it uses.
+    pub addr_quotas: AddrQuotas,
+}
+
+/// Per-address quotas (0 = none), counted in the database so every replica sees the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrQuotas {
+    /// Queued or processing jobs (`BACKLESS_MAX_LIVE_JOBS_PER_ADDR`, default 20).
+    pub live_jobs: u64,
+    /// Bytes of originals stored and not yet deleted (`BACKLESS_MAX_STORED_BYTES_PER_ADDR`,
+    /// default 1 GiB).
+    pub stored_bytes: u64,
 }
 
 /// How results reach the client.
@@ -107,9 +119,15 @@ impl WebConfig {
                     per_ip: s.parse("BACKLESS_RATE_LIMIT_PER_IP", d.per_ip)?,
                     per_client: s.parse("BACKLESS_RATE_LIMIT_PER_CLIENT", d.per_client)?,
                     sse_per_client: s.parse("BACKLESS_MAX_SSE_PER_CLIENT", d.sse_per_client)?,
+                    sse_per_addr: s.parse("BACKLESS_MAX_SSE_PER_ADDR", d.sse_per_addr)?,
+                    sse_total: s.parse("BACKLESS_MAX_SSE", d.sse_total)?,
                     client_ip_header: s.get("BACKLESS_CLIENT_IP_HEADER").map(str::to_string),
                     max_transfers: s.parse("BACKLESS_MAX_TRANSFERS", d.max_transfers)?,
                 }
+            },
+            addr_quotas: AddrQuotas {
+                live_jobs: s.parse("BACKLESS_MAX_LIVE_JOBS_PER_ADDR", 20)?,
+                stored_bytes: s.parse("BACKLESS_MAX_STORED_BYTES_PER_ADDR", 1 << 30)?,
             },
             result_delivery: match s.string("BACKLESS_RESULT_DELIVERY", "stream").as_str() {
                 "stream" => ResultDelivery::Stream,

@@ -19,6 +19,10 @@ pub enum WebError {
     JobFailed,
     #[error("too many live jobs")]
     TooManyJobs { max: u64 },
+    #[error("too many live jobs from this address")]
+    TooManyJobsFromAddress { max: u64 },
+    #[error("stored-bytes quota of this address used up")]
+    StorageQuota { max_bytes: u64 },
     #[error("file too large")]
     FileTooLarge { max_bytes: u64 },
     #[error("no file")]
@@ -79,9 +83,10 @@ pub enum ErrorResponse {
     /// The image is valid but outside the limits.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
-    /// Too many live jobs for this client.
+    /// A quota is used up (live jobs or stored bytes, per client or per address): retry after the
+    /// given seconds, or once a job has finished or been deleted.
     #[oai(status = 429)]
-    TooManyRequests(Json<ErrorBody>),
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// Something failed on our side.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -120,12 +125,35 @@ impl From<WebError> for ErrorResponse {
             WebError::JobFailed => {
                 R::Conflict(body("job_failed", "The job failed; it has no result."))
             }
-            WebError::TooManyJobs { max } => R::TooManyRequests(body(
-                "too_many_jobs",
-                format!(
-                    "You already have {max} photos in progress; wait for one to finish or delete one."
+            WebError::TooManyJobs { max } => R::TooManyRequests(
+                body(
+                    "too_many_jobs",
+                    format!(
+                        "You already have {max} photos in progress; wait for one to finish or delete one."
+                    ),
                 ),
-            )),
+                RETRY_AFTER_SECS,
+            ),
+            WebError::TooManyJobsFromAddress { max } => R::TooManyRequests(
+                body(
+                    "too_many_jobs",
+                    format!(
+                        "Your network already has {max} photos in progress; wait for one to finish."
+                    ),
+                ),
+                RETRY_AFTER_SECS,
+            ),
+            WebError::StorageQuota { max_bytes } => R::TooManyRequests(
+                body(
+                    "storage_quota",
+                    format!(
+                        "Your network already has {:.0} MB of photos stored; they are deleted once \
+                         downloaded, or delete some.",
+                        max_bytes as f64 / 1_000_000.0
+                    ),
+                ),
+                RETRY_AFTER_SECS,
+            ),
             WebError::FileTooLarge { max_bytes } => R::PayloadTooLarge(body(
                 "file_too_large",
                 format!(
@@ -180,7 +208,7 @@ impl ErrorResponse {
             Self::PayloadTooLarge(_) => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::Unprocessable(_) => 422,
-            Self::TooManyRequests(_) => 429,
+            Self::TooManyRequests(..) => 429,
             Self::Internal(_) => 500,
             Self::Unavailable(..) => 503,
         }

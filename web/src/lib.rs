@@ -123,6 +123,7 @@ impl App {
                     max_live_per_client: c.common.jobs.max_live_per_client,
                     keep_alive: c.sse_keep_alive,
                     result_delivery: c.result_delivery,
+                    addr_quotas: c.addr_quotas,
                 },
                 ConfigApi {
                     limits: c.common.limits,

@@ -29,9 +29,14 @@ pub struct RateLimits {
     pub per_client: u32,
     /// Open event streams per client id (`BACKLESS_MAX_SSE_PER_CLIENT`).
     pub sse_per_client: u32,
+    /// Open event streams per client address (`BACKLESS_MAX_SSE_PER_ADDR`).
+    pub sse_per_addr: u32,
+    /// Open event streams in this process (`BACKLESS_MAX_SSE`).
+    pub sse_total: u32,
     /// Header carrying the client's address when behind a proxy (`BACKLESS_CLIENT_IP_HEADER`,
-    /// e.g. `X-Forwarded-For`; its last entry, the one the nearest proxy appended, is used).
-    /// Unset: the peer address.
+    /// e.g. `X-Forwarded-For` or `Forwarded`; its last entry, the one the nearest proxy appended,
+    /// is used, in any of the forms proxies write: see [`forwarded_ip`]). Unset: the peer
+    /// address.
     pub client_ip_header: Option<String>,
     /// Uploads and image downloads in progress at once in this process
     /// (`BACKLESS_MAX_TRANSFERS`); beyond it, 503 with `Retry-After` and code `busy`.
@@ -44,6 +49,8 @@ impl Default for RateLimits {
             per_ip: 600,
             per_client: 300,
             sse_per_client: 20,
+            sse_per_addr: 200,
+            sse_total: 20_000,
             client_ip_header: None,
             max_transfers: 32,
         }
@@ -161,6 +168,8 @@ pub struct Limiter {
     per_ip: Buckets,
     per_client: Buckets,
     streams: Arc<StreamSlots>,
+    addr_streams: Arc<StreamSlots>,
+    all_streams: Arc<StreamSlots>,
     transfers: Arc<tokio::sync::Semaphore>,
     signer: Signer,
 }
@@ -171,6 +180,8 @@ impl Limiter {
             per_ip: Buckets::new(limits.per_ip),
             per_client: Buckets::new(limits.per_client),
             streams: StreamSlots::new(limits.sse_per_client),
+            addr_streams: StreamSlots::new(limits.sse_per_addr),
+            all_streams: StreamSlots::new(limits.sse_total),
             transfers: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(limits.max_transfers).unwrap_or(usize::MAX),
             )),
@@ -188,7 +199,7 @@ impl Limiter {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+                .filter_map(forwarded_ip)
                 .next_back();
             if forwarded.is_some() {
                 return forwarded;
@@ -197,6 +208,45 @@ impl Limiter {
         req.remote_addr().as_socket_addr().map(|a| a.ip())
     }
 }
+
+/// The client address of one entry of a forwarding header, in each form proxies write it:
+/// `192.0.2.7`, `192.0.2.7:4711`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:4711`, and
+/// RFC 7239's `for=...` (quoted or not, among other `;` parameters). Obfuscated and unknown
+/// identifiers (`for=unknown`, `for=_hidden`) are no address.
+pub fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let mut s = entry.trim();
+    if s.contains('=') {
+        s = s.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+        })?;
+    }
+    let s = s.trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+/// The key quotas count an address under: an IPv4 address as it is, an IPv6 address by its /64
+/// (one subscriber's allocation; rotating through it changes nothing). An IPv4-mapped IPv6
+/// address is its IPv4 address.
+pub fn addr_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
+/// The caller's address key, put on the request by the middleware for the handlers' quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr(pub String);
 
 /// Whether the request moves an image: an upload, or an original or result download.
 fn is_transfer(req: &Request) -> bool {
@@ -243,9 +293,14 @@ pub async fn limit<E: Endpoint>(
     req: Request,
     limiter: Arc<Limiter>,
 ) -> poem::Result<Response> {
+    let mut req = req;
     let now = Instant::now();
-    if let Some(ip) = limiter.client_ip(&req)
-        && let Err(wait) = limiter.per_ip.take(&ip.to_string(), now)
+    let addr = limiter.client_ip(&req).map(addr_key);
+    if let Some(addr) = &addr {
+        req.extensions_mut().insert(ClientAddr(addr.clone()));
+    }
+    if let Some(addr) = &addr
+        && let Err(wait) = limiter.per_ip.take(addr, now)
     {
         return Ok(too_many(
             "rate_limited",
@@ -264,18 +319,26 @@ pub async fn limit<E: Endpoint>(
         ));
     }
     let is_stream = req.method() == Method::GET && req.uri().path().ends_with("/events");
-    let slot = match (&client, is_stream) {
-        (Some(c), true) => match limiter.streams.acquire(&c.0) {
-            Some(slot) => Some(slot),
-            None => {
+    let slot = if is_stream {
+        // Per client id, per address (a client without a cookie is still one address) and per
+        // process; each slot is given back when the stream ends.
+        let slots = (
+            client.as_ref().map(|c| limiter.streams.acquire(&c.0)),
+            addr.as_ref().map(|a| limiter.addr_streams.acquire(a)),
+            limiter.all_streams.acquire(""),
+        );
+        match slots {
+            (Some(None), _, _) | (_, Some(None), _) | (_, _, None) => {
                 return Ok(too_many(
                     "too_many_streams",
                     "Too many open progress streams; close one first.",
                     Duration::from_secs(5),
                 ));
             }
-        },
-        _ => None,
+            held => Some(held),
+        }
+    } else {
+        None
     };
     let transfer = if is_transfer(&req) {
         match Arc::clone(&limiter.transfers).try_acquire_owned() {
@@ -323,6 +386,42 @@ mod tests {
         assert!(b.take("a", t0 + Duration::from_secs(1)).is_ok());
         assert!(b.take("a", t0 + Duration::from_secs(1)).is_err());
         assert!(Buckets::new(0).take("a", t0).is_ok(), "0 = unlimited");
+    }
+
+    #[test]
+    fn forwarded_entries_in_every_form() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        for (entry, want) in [
+            ("192.0.2.7", Some(v4)),
+            (" 192.0.2.7:4711 ", Some(v4)),
+            ("2001:db8::1", Some(v6)),
+            ("[2001:db8::1]", Some(v6)),
+            ("[2001:db8::1]:4711", Some(v6)),
+            ("for=192.0.2.7", Some(v4)),
+            ("For=\"[2001:db8::1]:4711\";proto=https", Some(v6)),
+            ("proto=http;for=192.0.2.7:80;by=203.0.113.43", Some(v4)),
+            ("for=unknown", None),
+            ("for=_hidden", None),
+            ("proto=https", None),
+            ("not an address", None),
+            ("", None),
+        ] {
+            assert_eq!(forwarded_ip(entry), want, "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let key = |s: &str| addr_key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            key("2001:db8:1:2::1")
+        );
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 
     #[test]

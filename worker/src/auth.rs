@@ -20,6 +20,8 @@ use poem::http::HeaderMap;
 use serde::Deserialize;
 use tokio::sync::RwLock;
 
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
 /// The push-authentication settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushAuthConfig {
@@ -37,7 +39,7 @@ pub struct PushAuthConfig {
 
 impl PushAuthConfig {
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        let audiences = s
+        let audiences: Vec<String> = s
             .get("BACKLESS_PUSH_OIDC_AUDIENCE")
             .unwrap_or("")
             .split(',')
@@ -45,14 +47,25 @@ impl PushAuthConfig {
             .filter(|a| !a.is_empty())
             .collect();
         let issuer = s
-            .string("BACKLESS_PUSH_OIDC_ISSUER", "https://accounts.google.com")
+            .string("BACKLESS_PUSH_OIDC_ISSUER", GOOGLE_ISSUER)
             .trim_end_matches('/')
             .to_string();
+        let email = s.get("BACKLESS_PUSH_OIDC_EMAIL").map(str::to_string);
+        if !audiences.is_empty() && issuer == GOOGLE_ISSUER && email.is_none() {
+            // Google signs a token for any audience to any Google account that asks: only the
+            // account it belongs to says it comes from our queue.
+            return Err(ConfigError::Invalid {
+                key: "BACKLESS_PUSH_OIDC_EMAIL",
+                message: "required with Google's issuer (any Google account can mint a token \
+                          for any audience): set it to the Cloud Tasks service account"
+                    .into(),
+            });
+        }
         Ok(Self {
             audiences,
             issuer,
             jwks_url: s.get("BACKLESS_PUSH_OIDC_JWKS_URL").map(str::to_string),
-            email: s.get("BACKLESS_PUSH_OIDC_EMAIL").map(str::to_string),
+            email,
             secret: s.get("BACKLESS_PUSH_SECRET").map(str::to_string),
         })
     }
@@ -286,6 +299,15 @@ mod tests {
                 .unwrap();
         assert!(!none.enabled());
         assert_eq!(none.issuer, "https://accounts.google.com");
+        // Google's issuer with an audience but no service account: refused at start.
+        let google = |email: Option<&str>| {
+            let mut pairs = vec![("BACKLESS_PUSH_OIDC_AUDIENCE", "backless-worker")];
+            pairs.extend(email.map(|e| ("BACKLESS_PUSH_OIDC_EMAIL", e)));
+            PushAuthConfig::from_settings(&Settings::from_pairs(pairs))
+        };
+        let err = google(None).unwrap_err().to_string();
+        assert!(err.contains("BACKLESS_PUSH_OIDC_EMAIL"), "{err}");
+        assert!(google(Some("tasks@p.iam.gserviceaccount.com")).is_ok());
     }
 
     #[tokio::test]

@@ -58,6 +58,13 @@ pub struct NewJob {
     pub client_addr: Option<String>,
 }
 
+/// What one client address holds ([`Db::usage_by_addr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrUsage {
+    pub live_jobs: u64,
+    pub stored_bytes: u64,
+}
+
 /// `migrate` subcommands (web and worker): connect, apply what is pending, close. Returns the
 /// names applied.
 pub async fn migrate(cfg: &DatabaseConfig) -> Result<Vec<String>, DbError> {
@@ -285,6 +292,30 @@ impl Db {
             .filter(job::Column::State.is_in([JobState::Queued, JobState::Processing]))
             .count(&self.conn)
             .await?)
+    }
+
+    /// What jobs from one address hold now: how many are queued or processing, and the bytes of
+    /// every original still stored (live or finished, until deleted).
+    pub async fn usage_by_addr(&self, addr: &str) -> Result<AddrUsage, DbError> {
+        self.note("usage_by_addr");
+        let live = job::Entity::find()
+            .filter(job::Column::ClientAddr.eq(addr))
+            .filter(job::Column::State.is_in([JobState::Queued, JobState::Processing]))
+            .count(&self.conn)
+            .await?;
+        let stored: Option<i64> = job::Entity::find()
+            .select_only()
+            // SUM of a BIGINT is NUMERIC on PostgreSQL: cast back.
+            .column_as(Expr::cust("CAST(SUM(original_bytes) AS BIGINT)"), "stored")
+            .filter(job::Column::ClientAddr.eq(addr))
+            .into_tuple::<Option<i64>>()
+            .one(&self.conn)
+            .await?
+            .flatten();
+        Ok(AddrUsage {
+            live_jobs: live,
+            stored_bytes: stored.map_or(0, |b| u64::try_from(b).unwrap_or(0)),
+        })
     }
 
     /// Rename the owner's job; `None` if it is not theirs.
@@ -628,6 +659,22 @@ mod tests {
 
         assert_eq!(db.list_by_owner("alice").await.unwrap().len(), 1);
         assert!(db.exists(&job.id).await.unwrap());
+        let mut from_addr = new_job("carol");
+        from_addr.client_addr = Some("2001:db8::/64".into());
+        let other = db.insert(from_addr).await.unwrap();
+        assert!(db.mark_stored(&other.id, 5000).await.unwrap());
+        let usage = db.usage_by_addr("2001:db8::/64").await.unwrap();
+        assert_eq!((usage.live_jobs, usage.stored_bytes), (1, 5000));
+        assert!(db.mark_failed(&other.id, "x", "y").await.unwrap());
+        let usage = db.usage_by_addr("2001:db8::/64").await.unwrap();
+        assert_eq!(
+            (usage.live_jobs, usage.stored_bytes),
+            (0, 5000),
+            "a finished job's original counts until it is deleted"
+        );
+        assert!(db.delete(&other.id).await.unwrap());
+        let none = db.usage_by_addr("192.0.2.1").await.unwrap();
+        assert_eq!((none.live_jobs, none.stored_bytes), (0, 0));
         assert!(db.delete(&job.id).await.unwrap());
         assert!(!db.delete(&job.id).await.unwrap());
         assert!(!db.exists(&job.id).await.unwrap());

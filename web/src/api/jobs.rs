@@ -41,6 +41,7 @@ pub struct JobsApi {
     pub max_live_per_client: u64,
     pub keep_alive: Duration,
     pub result_delivery: crate::config::ResultDelivery,
+    pub addr_quotas: crate::config::AddrQuotas,
 }
 
 /// A job's state.
@@ -373,6 +374,39 @@ impl JobsApi {
         Ok(o)
     }
 
+    /// Whether the client, or its address, already holds more than it may, this job included
+    /// (its row is written, its `size` bytes not yet counted).
+    async fn over_quota(
+        &self,
+        client: &ClientId,
+        addr: Option<&str>,
+        size: u64,
+    ) -> Result<(), WebError> {
+        let live = self.shared.db.count_live_by_owner(&client.0).await?;
+        if live > self.max_live_per_client {
+            return Err(WebError::TooManyJobs {
+                max: self.max_live_per_client,
+            });
+        }
+        let Some(addr) = addr else {
+            return Ok(());
+        };
+        let q = self.addr_quotas;
+        if q.live_jobs == 0 && q.stored_bytes == 0 {
+            return Ok(());
+        }
+        let usage = self.shared.db.usage_by_addr(addr).await?;
+        if q.live_jobs != 0 && usage.live_jobs > q.live_jobs {
+            return Err(WebError::TooManyJobsFromAddress { max: q.live_jobs });
+        }
+        if q.stored_bytes != 0 && usage.stored_bytes.saturating_add(size) > q.stored_bytes {
+            return Err(WebError::StorageQuota {
+                max_bytes: q.stored_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// A stored object, to stream to the client.
     async fn open(&self, key: &str) -> Result<backless_common::storage::ObjectStream, WebError> {
         self.shared
@@ -459,6 +493,10 @@ impl JobsApi {
             .map_err(WebError::from)?;
         let name = explicit_name.unwrap_or_else(|| display_name(file_name.as_deref()));
 
+        let addr = req
+            .extensions()
+            .get::<crate::ratelimit::ClientAddr>()
+            .map(|a| a.0.clone());
         let id = new_job_id();
         tracing::Span::current().record("job_id", id.as_str());
         let shared = &self.shared;
@@ -474,20 +512,13 @@ impl JobsApi {
                 original_content_type: checked.format.content_type().to_string(),
                 width: checked.width,
                 height: checked.height,
-                client_addr: None,
+                client_addr: addr.clone(),
             })
             .await
             .map_err(WebError::from)?;
-        // Counted with this job in: two uploads racing past the check above cannot both stay.
-        let live = shared.db.count_live_by_owner(&client.0).await;
-        let refused = match live {
-            Ok(n) if n > self.max_live_per_client => Some(WebError::TooManyJobs {
-                max: self.max_live_per_client,
-            }),
-            Ok(_) => None,
-            Err(e) => Some(e.into()),
-        };
         let size = data.len() as u64;
+        // Counted with this job in: two uploads racing past the check above cannot both stay.
+        let refused = self.over_quota(&client, addr.as_deref(), size).await.err();
         let stored = match refused {
             Some(e) => Err(e),
             None => self.store_original(&id, data).await,

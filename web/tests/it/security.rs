@@ -116,6 +116,116 @@ async fn event_streams_per_client_are_capped_and_slots_come_back() {
     drop(second);
 }
 
+/// Upload a small PNG as a brand-new client (no cookie) from `addr` (as the proxy reports it).
+async fn upload_from(app: &TestApp, addr: &str) -> (u16, serde_json::Value, Option<String>) {
+    let part = reqwest::multipart::Part::bytes(png_bytes(64, 48))
+        .file_name("a.png")
+        .mime_str("image/png")
+        .unwrap();
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/jobs"))
+        .header("x-forwarded-for", format!("203.0.113.9, {addr}"))
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, res.json().await.unwrap(), retry)
+}
+
+#[tokio::test]
+async fn clients_without_a_cookie_meet_their_address_quotas() {
+    let app = spawn_app(&[
+        ("BACKLESS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("BACKLESS_MAX_LIVE_JOBS_PER_ADDR", "2"),
+        ("BACKLESS_MAX_STORED_BYTES_PER_ADDR", "30000"),
+    ])
+    .await;
+    let small = png_bytes(64, 48).len();
+    assert!((10_001..15_000).contains(&small), "{small}");
+    // Every upload is a new client id; the addresses are one IPv6 /64, written as proxies do.
+    let (s1, b1, _) = upload_from(&app, "2001:db8:1:2::1").await;
+    let (s2, b2, _) = upload_from(&app, "[2001:db8:1:2:ffff::9]:4711").await;
+    assert_eq!((s1, s2), (201, 201), "{b1} {b2}");
+    let (status, body, retry) = upload_from(&app, "2001:db8:1:2:aaaa::3").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "too_many_jobs");
+    assert_eq!(retry.as_deref(), Some("5"));
+    // Another /64 has its own quota; nothing of the refused upload was kept.
+    let (status, body, _) = upload_from(&app, "2001:db8:1:3::1").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(app.job_rows().await, 3);
+    assert_eq!(app.stored_files().len(), 3);
+
+    // Finished jobs free the live quota, but their originals stay counted until deleted: the
+    // third photo would take the /64 past 30,000 stored bytes.
+    for b in [&b1, &b2] {
+        let id = b["job"]["id"].as_str().unwrap();
+        assert!(app.shared.db.mark_failed(id, "x", "y").await.unwrap());
+    }
+    let (status, body, retry) = upload_from(&app, "2001:db8:1:2::5").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "storage_quota");
+    assert_eq!(retry.as_deref(), Some("5"));
+    app.shared
+        .delete_job(b1["job"]["id"].as_str().unwrap(), "api")
+        .await
+        .unwrap();
+    let (status, body, _) = upload_from(&app, "2001:db8:1:2::5").await;
+    assert_eq!(status, 201, "deleting a photo gives its bytes back: {body}");
+}
+
+#[tokio::test]
+async fn event_streams_are_capped_per_address_and_per_process() {
+    let app = spawn_app(&[
+        ("BACKLESS_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ("BACKLESS_MAX_SSE_PER_ADDR", "2"),
+        ("BACKLESS_MAX_SSE", "3"),
+    ])
+    .await;
+    let open = |addr: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body, _) = upload_from(app, addr).await;
+            assert_eq!(status, 201, "{body}");
+            let (id, token) = (
+                body["job"]["id"].as_str().unwrap(),
+                body["token"].as_str().unwrap(),
+            );
+            reqwest::Client::new()
+                .get(app.url(&format!("/v1/jobs/{id}/events")))
+                .header("x-forwarded-for", addr)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Two clients behind one address hold its two streams; a third client there is refused.
+    let a = open("198.51.100.7").await;
+    let b = open("198.51.100.7").await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let refused = open("198.51.100.7").await;
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_streams");
+    // The process holds three at most, whoever asks.
+    let c = open("198.51.100.8").await;
+    assert_eq!(c.status(), 200);
+    assert_eq!(open("198.51.100.9").await.status(), 429);
+    drop((a, b, c));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open("198.51.100.9").await.status() == 200
+        })
+        .await
+    );
+}
+
 #[tokio::test]
 async fn cross_site_state_changes_are_refused() {
     let app = spawn_app(&[]).await;
