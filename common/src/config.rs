@@ -356,6 +356,7 @@ impl CommonConfig {
             header_timeout: s.duration("BACKLESS_HEADER_TIMEOUT", d.header_timeout)?,
             body_timeout: s.duration("BACKLESS_BODY_TIMEOUT", d.body_timeout)?,
             body_min_rate: s.parse("BACKLESS_BODY_MIN_RATE", d.body_min_rate)?,
+            max_connections: s.parse("BACKLESS_MAX_CONNECTIONS", d.max_connections)?,
         };
         Ok(Self {
             database,

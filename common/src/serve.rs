@@ -45,6 +45,9 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Bytes per second a body must keep up on average; 0 turns the body deadline off.
     pub body_min_rate: u64,
+    /// Connections open at once; further clients wait in the kernel's accept queue until one
+    /// closes (`BACKLESS_MAX_CONNECTIONS`).
+    pub max_connections: u32,
 }
 
 impl Default for HttpLimits {
@@ -54,6 +57,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(20),
             body_timeout: Duration::from_secs(20),
             body_min_rate: 500,
+            max_connections: 20_000,
         }
     }
 }
@@ -91,8 +95,17 @@ impl Listener {
         let local = LocalAddr(Addr::SocketAddr(self.addr));
         let graceful = GracefulShutdown::new();
         let mut conns = JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
+        ));
         tokio::pin!(shutdown);
         loop {
+            // At the cap, stop accepting: new clients queue in the kernel until one leaves.
+            let slot = tokio::select! {
+                _ = &mut shutdown => break,
+                slot = Arc::clone(&slots).acquire_owned() => slot,
+            };
+            let Ok(slot) = slot else { break };
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -110,12 +123,25 @@ impl Listener {
                     let service = service(Arc::clone(&ep), local.clone(), peer, limits);
                     let watcher = graceful.watcher();
                     conns.spawn(async move {
+                        let _slot = slot;
+                        // Until hyper knows the protocol it has no timer running: a client that
+                        // connects and sends nothing (or a few bytes) is closed here.
+                        if !protocol_known(&stream, limits.header_timeout).await {
+                            tracing::debug!(%peer, "nothing recognisable sent in time; closing");
+                            return;
+                        }
                         let mut builder = auto::Builder::new(TokioExecutor::new());
                         builder
                             .http1()
                             .timer(TokioTimer::new())
                             .header_read_timeout(limits.header_timeout);
-                        builder.http2().timer(TokioTimer::new());
+                        // HTTP/2 peers that stop answering pings are dropped.
+                        builder
+                            .http2()
+                            .timer(TokioTimer::new())
+                            .keep_alive_interval(Some(limits.header_timeout))
+                            .keep_alive_timeout(limits.header_timeout)
+                            .max_concurrent_streams(100);
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -135,6 +161,34 @@ impl Listener {
         while conns.join_next().await.is_some() {}
         Ok(())
     }
+}
+
+/// Whether the client sent, within `timeout`, enough to tell HTTP/1 from HTTP/2 (the 24-byte
+/// HTTP/2 preface, or any bytes that depart from it). The bytes are only peeked, not consumed.
+async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let decided = async {
+        let mut buf = [0u8; 24];
+        let mut last = 0;
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return true;
+            }
+            if n == last {
+                // Nothing new yet: peek returns at once while bytes wait, so give the client a
+                // moment rather than spinning.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            last = n;
+        }
+    };
+    tokio::time::timeout(timeout, decided)
+        .await
+        .unwrap_or(false)
 }
 
 fn service<E: Endpoint + 'static>(
@@ -299,7 +353,72 @@ mod tests {
             header_timeout: Duration::from_millis(500),
             body_timeout: Duration::from_millis(500),
             body_min_rate: 1000,
+            max_connections: 100,
         }
+    }
+
+    /// Whether the server closes `s` within `within` (EOF or reset).
+    async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed() {
+        let (addr, _stop) = start(tight()).await;
+        let began = std::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The start of the HTTP/2 preface: not yet enough to choose a protocol.
+        half.write_all(b"PRI * HTTP/2").await.unwrap();
+        assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+        assert!(closed_within(&mut half, Duration::from_secs(3)).await);
+        assert!(began.elapsed() < Duration::from_secs(3));
+        // Cleartext HTTP/2 with its whole preface (and an empty SETTINGS frame) gets the
+        // server's SETTINGS frame back.
+        let mut h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut frame = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(3), h2.read_exact(&mut frame))
+            .await
+            .expect("the server answers HTTP/2")
+            .unwrap();
+        assert_eq!(frame[3], 0x4, "a SETTINGS frame: {frame:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_until_one_closes() {
+        let limits = HttpLimits {
+            max_connections: 1,
+            ..HttpLimits::default()
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\na")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = first.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // The first connection stays open (keep-alive): the second is not served meanwhile.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\nconnection: close\r\n\r\nb",
+            )
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+        assert!(waited.is_err(), "served beyond the cap");
+        drop(first);
+        let resp = read_all(&mut second).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     }
 
     async fn read_all(s: &mut tokio::net::TcpStream) -> String {

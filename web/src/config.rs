@@ -22,6 +22,9 @@ pub struct WebConfig {
     pub sse_keep_alive: Duration,
     /// How often an SSE stream re-reads its job (events lost between processes still arrive).
     pub sse_poll: Duration,
+    /// How long one event stream may stay open (`BACKLESS_SSE_MAX_LIFETIME`); the browser's
+    /// EventSource reconnects with `Last-Event-ID` and misses nothing.
+    pub sse_max_lifetime: Duration,
     /// How often the outbox retries jobs whose task could not be created.
     pub outbox_interval: Duration,
     /// How often unwatched jobs older than the TTL are swept.
@@ -100,6 +103,7 @@ impl WebConfig {
             cookie_secure: s.bool("BACKLESS_COOKIE_SECURE", false)?,
             sse_keep_alive: s.duration("BACKLESS_SSE_KEEP_ALIVE", Duration::from_secs(15))?,
             sse_poll: s.duration("BACKLESS_SSE_POLL", Duration::from_secs(2))?,
+            sse_max_lifetime: s.duration("BACKLESS_SSE_MAX_LIFETIME", Duration::from_secs(1800))?,
             outbox_interval: s.duration("BACKLESS_OUTBOX_INTERVAL", Duration::from_secs(5))?,
             sweep_interval: s.duration("BACKLESS_SWEEP_INTERVAL", Duration::from_secs(60))?,
             orphan_sweep_interval: s

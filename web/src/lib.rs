@@ -122,6 +122,7 @@ impl App {
                     limits: c.common.limits,
                     max_live_per_client: c.common.jobs.max_live_per_client,
                     keep_alive: c.sse_keep_alive,
+                    max_stream_lifetime: c.sse_max_lifetime,
                     result_delivery: c.result_delivery,
                     addr_quotas: c.addr_quotas,
                 },

@@ -295,10 +295,15 @@ class Job {
     source.addEventListener('error', () => {
       if (this.closed || source !== this.source) return;
       this.lostConnection = true;
-      if (this.view === 'waiting') {
-        this.q('.connection').textContent = 'Connection lost, reconnecting…';
-        this.q('.connection').hidden = false;
-      }
+      // The server ends long streams now and then and the browser reconnects at once: say
+      // something only if the connection stays lost.
+      setTimeout(() => {
+        if (!this.lostConnection || this.closed || source !== this.source) return;
+        if (this.view === 'waiting') {
+          this.q('.connection').textContent = 'Connection lost, reconnecting…';
+          this.q('.connection').hidden = false;
+        }
+      }, 5000);
       // CONNECTING: the browser retries by itself. CLOSED: it gave up (an error status); ask the
       // API what became of the job and start a new stream.
       if (source.readyState === EventSource.CLOSED) this.recover();

@@ -375,6 +375,31 @@ describe('the BackLess page', () => {
     await page.close();
   });
 
+  test('a stream that reaches its maximum lifetime reconnects without the user noticing', async () => {
+    // Streams end after 1 s; the browser reconnects (about 3 s later) with Last-Event-ID.
+    const own = await startStack({ BACKLESS_SSE_MAX_LIFETIME: '1s' });
+    try {
+      const { page, problems } = await openPage(own.url);
+      await own.pauseQueue();
+      await page.getByLabel(/Choose photos/).setInputFiles(ASTRONAUT);
+      const card = page.locator('.job').first();
+      await card.locator('[data-stage="queued"].active').waitFor();
+      // Two lifetimes and their reconnects pass while the job waits: no "connection lost".
+      const until = Date.now() + 9000;
+      while (Date.now() < until) {
+        assert.equal(await card.locator('.connection').isVisible(), false);
+        await page.waitForTimeout(250);
+      }
+      await own.resumeQueue();
+      await card.locator('.job-result').waitFor({ state: 'visible', timeout: 60000 });
+      assert.equal(await card.locator('.connection').isVisible(), false);
+      assert.deepEqual(problems, []);
+      await page.close();
+    } finally {
+      await own.stop();
+    }
+  });
+
   test('after a network drop the page reconnects and still shows the result', async () => {
     // Its own service, with the default grace window: the job finishes while the page is cut off,
     // and the page has that long to come back (the suite's 3 s is shorter than a reconnect).

@@ -40,6 +40,7 @@ pub struct JobsApi {
     pub limits: ImageLimits,
     pub max_live_per_client: u64,
     pub keep_alive: Duration,
+    pub max_stream_lifetime: Duration,
     pub result_delivery: crate::config::ResultDelivery,
     pub addr_quotas: crate::config::AddrQuotas,
 }
@@ -769,6 +770,9 @@ impl JobsApi {
                 return Some((JobEventView::from(ev), next));
             }
         })
+        // No stream lives for ever (connections get rebalanced, and a replica can drain); the
+        // client's EventSource reconnects with Last-Event-ID and picks up where it was.
+        .take_until(tokio::time::sleep(self.max_stream_lifetime))
         .boxed();
         Ok(EventsResponse::Stream(
             EventStream::new(out)

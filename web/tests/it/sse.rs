@@ -271,3 +271,34 @@ async fn open_streams_cost_one_query_per_interval_and_held_finished_ones_none() 
     let rendered = app.shared.metrics.render();
     assert!(rendered.contains("backless_web_db_queries_total{kind=\"get_many\"}"));
 }
+
+#[tokio::test]
+async fn a_stream_ends_at_its_maximum_lifetime_and_a_reconnect_misses_nothing() {
+    let app = spawn_app(&[
+        ("BACKLESS_GRACE", "60s"),
+        ("BACKLESS_SSE_MAX_LIFETIME", "1s"),
+    ])
+    .await;
+    let c = browser();
+    let id = app.create_job(&c).await;
+    let url = app.url(&format!("/v1/jobs/{id}/events?hold=true"));
+    let began = std::time::Instant::now();
+    let mut sse = SseReader::new(c.get(&url).send().await.unwrap());
+    let first = sse.next().await.unwrap();
+    assert_eq!(first.event, "queued");
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends at its lifetime"
+    );
+    assert!(began.elapsed() >= Duration::from_millis(900));
+    // The job finished while the client was away; the reconnect gets the rest.
+    app.finish_job(&id).await;
+    let res = c
+        .get(&url)
+        .header("Last-Event-ID", first.id.as_str())
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(res);
+    assert_eq!(sse.next().await.unwrap().event, "done");
+}
