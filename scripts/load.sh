@@ -74,9 +74,10 @@ export BACKLESS_MODELS_DIR="$root/models"
 # (a finished job is deleted once its grace window after the last watcher ran out; keep them all
 # for the final check).
 export BACKLESS_UNWATCHED_TTL=2h BACKLESS_GRACE=2h BACKLESS_DATABASE_MAX_CONNECTIONS=20
-# Every simulated client comes from 127.0.0.1: the per-address rate limit would make them one
-# client (429s); the per-client limits stay on.
-export BACKLESS_RATE_LIMIT_PER_IP=0
+# Every simulated client comes from 127.0.0.1: the per-address limits and quotas would make them
+# one client (429s); the per-client limits stay on.
+export BACKLESS_RATE_LIMIT_PER_IP=0 BACKLESS_MAX_LIVE_JOBS_PER_ADDR=0
+export BACKLESS_MAX_STORED_BYTES_PER_ADDR=0 BACKLESS_MAX_SSE_PER_ADDR=0
 # The queue sends no more pushes at once than the worker admits, as a production queue should be
 # configured (cloudbuild.yaml): beyond it the worker answers 503 and the retries back off for
 # minutes, which a burst of 200 uploads turns into a long drain.

@@ -316,14 +316,33 @@ async fn open_watchers(
 }
 
 async fn sse_gauge(client: &reqwest::Client, web: &str) -> u64 {
+    metric_sum(client, web, "backless_web_sse_connections ").await
+}
+
+/// The sum of every sample of web's metric whose line starts with `prefix`.
+async fn metric_sum(client: &reqwest::Client, web: &str, prefix: &str) -> u64 {
     let Ok(resp) = client.get(format!("{web}/metrics")).send().await else {
         return 0;
     };
     let text = resp.text().await.unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("backless_web_sse_connections "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// CPU time a process has used (user + system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) : utime and stime are the 12th and
+    // 13th of them, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn client() -> reqwest::Client {
@@ -380,10 +399,10 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
         tally.errors.load(Ordering::Relaxed)
     );
 
-    // Idle SSE: a handful of queued jobs (the queue is paused), many held streams on them.
+    // Idle SSE: queued jobs (the queue is paused), 20 held streams on each (a client's cap).
     let png = Bytes::from(small_png());
     let mut jobs = Vec::new();
-    for _ in 0..(watchers / 50).max(1) {
+    for _ in 0..watchers.div_ceil(20) {
         jobs.extend(upload(&client, &web, &png, "w.png", &tally).await);
     }
     if jobs.is_empty() {
@@ -396,6 +415,26 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (after, peak) = rss_kib(web_pid);
     let gauge = sse_gauge(&client, &web).await;
+    // While they sit idle: the queries web makes (one batched read per interval for all the
+    // watched jobs, whatever the number of streams) and its CPU. Each scrape adds its own four
+    // `count_in_state` queries, taken off.
+    let idle = Duration::from_secs(10);
+    let (q0, cpu0) = (
+        metric_sum(&client, &web, "backless_web_db_queries_total").await,
+        cpu_time(web_pid),
+    );
+    tokio::time::sleep(idle).await;
+    let (cpu1, q1) = (
+        cpu_time(web_pid),
+        metric_sum(&client, &web, "backless_web_db_queries_total").await,
+    );
+    let queries_per_s = q1.saturating_sub(q0).saturating_sub(4) as f64 / idle.as_secs_f64();
+    let cpu_share = (cpu1 - cpu0).as_secs_f64() / idle.as_secs_f64();
+    println!(
+        "idle SSE for {} s: {queries_per_s:.2} database queries/s, web CPU {:.1}% of a core",
+        idle.as_secs(),
+        cpu_share * 100.0
+    );
     let per_conn = (after.saturating_sub(before) as f64 * 1024.0) / open.max(1) as f64;
     println!(
         "idle SSE: {open} open (web's gauge {gauge}), {} failed; web RSS {} -> {} MiB, {:.1} KiB per connection; peak {} MiB",
@@ -423,6 +462,8 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
             "web_rss_before_kib": before,
             "web_rss_after_kib": after,
             "bytes_per_sse_connection": per_conn.round(),
+            "idle_db_queries_per_second": queries_per_s,
+            "idle_web_cpu_share": cpu_share,
         })
     );
     Ok(open == watchers && gauge >= watchers as u64)

@@ -286,6 +286,8 @@ class Job {
     const names = new Set((this.job.stages || []).map((s) => s.stage).concat(['failed']));
     for (const s of names) source.addEventListener(s, onEvent);
     source.addEventListener('open', () => {
+      clearTimeout(this.lostTimer);
+      this.lostTimer = null;
       this.q('.connection').hidden = true;
       if (this.lostConnection) {
         this.lostConnection = false;
@@ -295,15 +297,18 @@ class Job {
     source.addEventListener('error', () => {
       if (this.closed || source !== this.source) return;
       this.lostConnection = true;
-      // The server ends long streams now and then and the browser reconnects at once: say
-      // something only if the connection stays lost.
-      setTimeout(() => {
-        if (!this.lostConnection || this.closed || source !== this.source) return;
-        if (this.view === 'waiting') {
-          this.q('.connection').textContent = 'Connection lost, reconnecting…';
-          this.q('.connection').hidden = false;
-        }
-      }, 5000);
+      // The server ends long streams now and then and the browser reconnects within seconds:
+      // say something only if one outage lasts 5 s (a reconnect clears the timer).
+      if (!this.lostTimer) {
+        this.lostTimer = setTimeout(() => {
+          this.lostTimer = null;
+          if (!this.lostConnection || this.closed || source !== this.source) return;
+          if (this.view === 'waiting') {
+            this.q('.connection').textContent = 'Connection lost, reconnecting…';
+            this.q('.connection').hidden = false;
+          }
+        }, 5000);
+      }
       // CONNECTING: the browser retries by itself. CLOSED: it gave up (an error status); ask the
       // API what became of the job and start a new stream.
       if (source.readyState === EventSource.CLOSED) this.recover();
