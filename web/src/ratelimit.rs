@@ -262,7 +262,7 @@ fn is_transfer(req: &Request) -> bool {
 }
 
 /// Keep `guard` until the response's body has been sent (or the client left).
-pub fn hold_until_sent<G: Send + Sync + 'static>(resp: &mut Response, guard: G) {
+fn hold_until_sent<G: Send + Sync + 'static>(resp: &mut Response, guard: G) {
     let body = resp.take_body().into_bytes_stream();
     resp.set_body(Body::from_bytes_stream(body.map(move |chunk| {
         let _held = &guard;
@@ -356,12 +356,9 @@ pub async fn limit<E: Endpoint>(
         None
     };
     let mut resp = ep.call(req).await?.into_response();
-    // Hold the stream slot and the transfer permit for as long as the body is being sent.
-    if let Some(slot) = slot {
-        hold_until_sent(&mut resp, slot);
-    }
-    if let Some(permit) = transfer {
-        hold_until_sent(&mut resp, permit);
+    // Hold the stream slots and the transfer permit for as long as the body is being sent.
+    if slot.is_some() || transfer.is_some() {
+        hold_until_sent(&mut resp, (slot, transfer));
     }
     Ok(resp)
 }

@@ -146,6 +146,32 @@ impl TestApp {
         self.events.publish(id, ev).await.unwrap();
     }
 
+    /// Open `client`'s event stream of job `id` at `query` (e.g. `?hold=true`), check that its
+    /// first event is `first`, and wait until the server counts it as a watcher.
+    pub async fn watch(
+        &self,
+        client: &reqwest::Client,
+        id: &str,
+        query: &str,
+        first: &str,
+    ) -> SseReader {
+        let res = client
+            .get(self.url(&format!("/v1/jobs/{id}/events{query}")))
+            .send()
+            .await
+            .unwrap();
+        let mut sse = SseReader::new(res);
+        assert_eq!(sse.next().await.unwrap().event, first);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                self.shared.watchers(id) >= 1
+            })
+            .await,
+            "the stream was never registered as a watcher"
+        );
+        sse
+    }
+
     /// Upload with `client`, returning (status, JSON body).
     pub async fn upload(
         &self,

@@ -89,19 +89,7 @@ async fn client_leaving_before_the_job_finishes_means_deletion_when_it_finishes(
     let c = browser();
     let id = app.create_job(&c).await;
     {
-        let res = c
-            .get(app.url(&format!("/v1/jobs/{id}/events")))
-            .send()
-            .await
-            .unwrap();
-        let mut sse = SseReader::new(res);
-        assert_eq!(sse.next().await.unwrap().event, "queued");
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                app.shared.watchers(&id) == 1
-            })
-            .await
-        );
+        let _sse = app.watch(&c, &id, "", "queued").await;
     } // the client goes away
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -186,19 +174,7 @@ async fn a_held_stream_keeps_a_finished_job_until_the_client_leaves() {
     let c = browser();
     let id = app.create_job(&c).await;
     {
-        let res = c
-            .get(app.url(&format!("/v1/jobs/{id}/events?hold=true")))
-            .send()
-            .await
-            .unwrap();
-        let mut sse = SseReader::new(res);
-        assert_eq!(sse.next().await.unwrap().event, "queued");
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                app.shared.watchers(&id) == 1
-            })
-            .await
-        );
+        let mut sse = app.watch(&c, &id, "?hold=true", "queued").await;
         app.finish_job(&id).await;
         let mut last = String::new();
         while last != "done" {
@@ -255,19 +231,7 @@ async fn a_job_another_replica_deleted_is_forgotten_here() {
     let c = browser();
     let id = app.create_job(&c).await;
     {
-        let res = c
-            .get(app.url(&format!("/v1/jobs/{id}/events")))
-            .send()
-            .await
-            .unwrap();
-        let mut sse = SseReader::new(res);
-        assert_eq!(sse.next().await.unwrap().event, "queued");
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                app.shared.watchers(&id) == 1
-            })
-            .await
-        );
+        let _sse = app.watch(&c, &id, "", "queued").await;
     }
     // The client left before the job finished: a reaper waits for it here. Another replica
     // deletes the job (files and record) without any event reaching this one.

@@ -175,18 +175,8 @@ async fn thirty_slow_downloads_of_a_25_mib_upload_stay_under_256_mib() {
 async fn transfers_beyond_the_process_cap_get_503_with_retry_after() {
     let app = spawn_app(&[("BACKLESS_MAX_TRANSFERS", "1")]).await;
     let c = reqwest::Client::new();
-    let part = reqwest::multipart::Part::bytes(png_bytes(1500, 1500))
-        .file_name("big.png")
-        .mime_str("image/png")
-        .unwrap();
-    let res = c
-        .post(app.url("/v1/jobs"))
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let created: serde_json::Value = res.json().await.unwrap();
+    let (status, created) = app.upload(&c, png_bytes(1500, 1500), "big.png").await;
+    assert_eq!(status, 201, "{created}");
     let id = created["job"]["id"].as_str().unwrap();
     let token = created["token"].as_str().unwrap();
     let url = app.url(&format!("/v1/jobs/{id}/original"));
