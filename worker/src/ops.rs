@@ -138,8 +138,8 @@ pub fn apply(
             work.img = resize(&work.img, *width, *height, *fit)?;
             work.mask = None;
         }
-        Operation::Thumbnail { size } => {
-            work.img = thumbnail(&work.img, *size)?;
+        Operation::Thumbnail { size, pixels } => {
+            work.img = thumbnail(&work.img, *size, *pixels)?;
             work.mask = None;
         }
         Operation::Watermark {
@@ -236,12 +236,16 @@ fn resize(
 }
 
 /// Fit inside `size` x `size`, keeping the aspect ratio, never enlarging.
-fn thumbnail(img: &DynamicImage, size: u32) -> Result<DynamicImage, PipelineError> {
-    if img.width() <= size && img.height() <= size {
+fn thumbnail(
+    img: &DynamicImage,
+    size: Option<u32>,
+    pixels: Option<u64>,
+) -> Result<DynamicImage, PipelineError> {
+    let from = Size::new(img.width(), img.height());
+    let (w, h) = planned("thumbnail", thumbnail_dimensions(from, size, pixels))?;
+    if (w, h) == (img.width(), img.height()) {
         return Ok(img.clone());
     }
-    let from = Size::new(img.width(), img.height());
-    let (w, h) = planned("thumbnail", thumbnail_dimensions(from, size))?;
     // Far below the original, a box reduction first keeps Lanczos's window small, as Pillow's
     // `thumbnail` (`reducing_gap`) does; the final Lanczos pass is at least 2x from the target.
     let factor = (img.width() / w).min(img.height() / h) / 2;
@@ -641,6 +645,8 @@ mod tests {
         assert_eq!((t.width(), t.height()), (128, 53));
         let (_, same) = run_ops(&photo(100, 60), &["thumbnail:size=128"]).unwrap();
         assert_eq!((same.width(), same.height()), (100, 60));
+        let (_, capped) = run_ops(&photo(1200, 500), &["thumbnail:pixels=60000"]).unwrap();
+        assert_eq!((capped.width(), capped.height()), (379, 158));
         // The far reduction (box first, then Lanczos) still keeps the square's colour.
         let p = t.to_rgb8().get_pixel(48, 18).0;
         assert!(p[0] > 180 && p[1] < 80, "{p:?}");

@@ -141,8 +141,14 @@ pub enum Operation {
         #[serde(default)]
         fit: Fit,
     },
-    /// Shrink to fit in `size` x `size`, keeping the aspect ratio; never enlarges.
-    Thumbnail { size: u32 },
+    /// Shrink to fit in `size` x `size` and to at most `pixels` pixels (at least one is given),
+    /// keeping the aspect ratio; never enlarges.
+    Thumbnail {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pixels: Option<u64>,
+    },
     /// Draw `text` in a corner (or the centre).
     Watermark {
         text: String,
@@ -386,9 +392,19 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
                 }
             }
         }
-        Operation::Thumbnail { size } => {
-            if !(1..=MAX_THUMBNAIL).contains(size) {
+        Operation::Thumbnail { size, pixels } => {
+            if size.is_none() && pixels.is_none() {
+                return bad("give size, pixels or both".to_string());
+            }
+            if let Some(size) = size
+                && !(1..=MAX_THUMBNAIL).contains(size)
+            {
                 return bad(format!("size must be 1 to {MAX_THUMBNAIL}, not {size}"));
+            }
+            if let Some(pixels) = pixels
+                && *pixels == 0
+            {
+                return bad("pixels must be at least 1".to_string());
             }
         }
         Operation::Watermark { text, opacity, .. } => {
@@ -495,11 +511,6 @@ impl Params<'_> {
         Some(self.pairs.remove(i).1)
     }
 
-    fn required<T: FromStr>(&mut self, key: &str, what: &str) -> Result<T, OpsError> {
-        self.take(key, what)?
-            .ok_or_else(|| OpsError::bad(self.op, format!("{key} is required")))
-    }
-
     fn done(self) -> Result<(), OpsError> {
         match self.pairs.first() {
             Some((k, _)) => Err(OpsError::bad(self.op, format!("unknown parameter {k:?}"))),
@@ -584,7 +595,8 @@ impl FromStr for Operation {
                 },
             },
             "thumbnail" => Operation::Thumbnail {
-                size: p.required("size", "a number of pixels")?,
+                size: p.take("size", "a number of pixels")?,
+                pixels: p.take("pixels", "a number of pixels")?,
             },
             "watermark" => Operation::Watermark {
                 text: p
@@ -653,7 +665,16 @@ impl fmt::Display for Operation {
                 }
                 write!(f, "fit={}", serde_name(fit))
             }
-            Operation::Thumbnail { size } => write!(f, "thumbnail:size={size}"),
+            Operation::Thumbnail { size, pixels } => {
+                let parts: Vec<String> = [
+                    size.map(|s| format!("size={s}")),
+                    pixels.map(|p| format!("pixels={p}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                write!(f, "thumbnail:{}", parts.join(","))
+            }
             Operation::Watermark {
                 text,
                 position,

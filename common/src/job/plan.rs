@@ -167,12 +167,35 @@ pub fn resize_dimensions(
     }
 }
 
-/// The size `thumbnail` produces from `input` (never larger than it).
-pub fn thumbnail_dimensions(input: Size, size: u32) -> (u64, u64) {
-    if input.width <= size && input.height <= size {
-        return (u64::from(input.width), u64::from(input.height));
+/// The size `thumbnail` produces from `input`: within `size` x `size` and at most `pixels`
+/// pixels (each bound when given), keeping the aspect ratio, never larger than `input`.
+pub fn thumbnail_dimensions(input: Size, size: Option<u32>, pixels: Option<u64>) -> (u64, u64) {
+    let (mut w, mut h) = (u64::from(input.width), u64::from(input.height));
+    if let Some(size) = size
+        && (input.width > size || input.height > size)
+    {
+        (w, h) = resize_dimensions(input, Some(size), Some(size), Fit::Contain);
     }
-    resize_dimensions(input, Some(size), Some(size), Fit::Contain)
+    if let Some(cap) = pixels.map(|p| p.max(1))
+        && w.saturating_mul(h) > cap
+    {
+        // Both sides by the same factor, rounded down; a side held at one pixel leaves the
+        // whole budget to the other.
+        let s = (cap as f64 / (w as f64 * h as f64)).sqrt();
+        let (mut nw, mut nh) = (
+            (((w as f64) * s) as u64).clamp(1, w),
+            (((h as f64) * s) as u64).clamp(1, h),
+        );
+        if nw.saturating_mul(nh) > cap {
+            if nw <= nh {
+                nh = (cap / nw).max(1);
+            } else {
+                nw = (cap / nh).max(1);
+            }
+        }
+        (w, h) = (nw, nh);
+    }
+    (w, h)
 }
 
 /// `width` x `height` as a [`Size`] if it is within `limits`.
@@ -214,9 +237,11 @@ impl Plan {
                     resize_dimensions(current, *width, *height, *fit),
                     limits,
                 )?,
-                Operation::Thumbnail { size } => {
-                    within(op.name(), thumbnail_dimensions(current, *size), limits)?
-                }
+                Operation::Thumbnail { size, pixels } => within(
+                    op.name(),
+                    thumbnail_dimensions(current, *size, *pixels),
+                    limits,
+                )?,
                 // The rest keep the size (a crop can only shrink it).
                 _ => current,
             };
@@ -337,6 +362,16 @@ mod tests {
         // Thumbnails never enlarge.
         let p = plan(100, 60, &["thumbnail:size=128"]).unwrap();
         assert_eq!(p.output(), Size::new(100, 60));
+        // A pixel budget keeps the aspect ratio and never goes over.
+        let p = plan(4000, 3000, &["thumbnail:pixels=250000"]).unwrap();
+        assert_eq!(p.output(), Size::new(577, 433));
+        assert!(p.output().pixels() <= 250_000);
+        let p = plan(1, 20_000, &["thumbnail:pixels=1000"]).unwrap();
+        assert_eq!(p.output(), Size::new(1, 1000));
+        let p = plan(600, 400, &["thumbnail:size=500,pixels=250000"]).unwrap();
+        assert_eq!(p.output(), Size::new(500, 333));
+        let p = plan(600, 400, &["thumbnail:pixels=250000"]).unwrap();
+        assert_eq!(p.output(), Size::new(600, 400));
     }
 
     #[test]
