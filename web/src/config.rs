@@ -44,6 +44,28 @@ pub struct WebConfig {
     pub result_delivery: ResultDelivery,
     /// What one client address may hold, whatever client ids it uses.
     pub addr_quotas: AddrQuotas,
+    /// API keys and the remove.bg-compatible API.
+    pub api: ApiConfig,
+}
+
+/// API keys and the remove.bg-compatible API (`/v1.0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// `BACKLESS_API_KEYS`: `name=key` pairs, for deployments without `web keys create`.
+    pub env_keys: Vec<(String, String)>,
+    /// `BACKLESS_API_KEY_QUOTA_PER_DAY`: credits per day of each key from `BACKLESS_API_KEYS`
+    /// (0 = unlimited, the default).
+    pub env_key_quota: Option<u64>,
+    /// `BACKLESS_MAX_LIVE_JOBS_PER_KEY` (default 20): a key's queued or processing jobs.
+    pub max_live_per_key: u64,
+    /// `BACKLESS_REMOVEBG_TIMEOUT` (default 120 s): how long `POST /v1.0/removebg` waits for its
+    /// job before answering 503.
+    pub removebg_timeout: Duration,
+    /// `BACKLESS_IMAGE_URL_ALLOW_HOSTS`: host names `image_url` may reach even on private
+    /// addresses (tests, an internal image server); empty by default.
+    pub url_allow_hosts: Vec<String>,
+    /// `BACKLESS_IMAGE_URL_TIMEOUT` (default 20 s) for fetching `image_url`.
+    pub url_timeout: Duration,
 }
 
 /// Per-address quotas (0 = none), counted in the database so every replica sees the same.
@@ -82,6 +104,25 @@ impl WebConfig {
 
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_settings(s)?;
+        let api = ApiConfig {
+            env_keys: crate::keys::parse_env_keys(&s.string("BACKLESS_API_KEYS", "")).map_err(
+                |message| ConfigError::Invalid {
+                    key: "BACKLESS_API_KEYS",
+                    message,
+                },
+            )?,
+            env_key_quota: Some(s.parse("BACKLESS_API_KEY_QUOTA_PER_DAY", 0u64)?)
+                .filter(|q| *q != 0),
+            max_live_per_key: s.parse("BACKLESS_MAX_LIVE_JOBS_PER_KEY", 20)?,
+            removebg_timeout: s.duration("BACKLESS_REMOVEBG_TIMEOUT", Duration::from_secs(120))?,
+            url_allow_hosts: s
+                .string("BACKLESS_IMAGE_URL_ALLOW_HOSTS", "")
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            url_timeout: s.duration("BACKLESS_IMAGE_URL_TIMEOUT", Duration::from_secs(20))?,
+        };
         let listen = s.parse(
             "BACKLESS_WEB_ADDR",
             SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -97,6 +138,7 @@ impl WebConfig {
             }
         };
         Ok(Self {
+            api,
             common,
             listen,
             cookie_secret,

@@ -44,6 +44,19 @@ pub enum WebError {
     /// The pipeline is valid, but on this image it would break a limit.
     #[error(transparent)]
     Plan(#[from] backless_common::job::PlanError),
+    #[error("no API key")]
+    MissingApiKey,
+    #[error("invalid API key")]
+    InvalidApiKey,
+    #[error("the key's daily credits are used up")]
+    InsufficientCredits { quota: u64 },
+    #[error(transparent)]
+    ImageUrl(#[from] crate::removebg::fetch::FetchError),
+    #[error("the job did not finish in time")]
+    Timeout { secs: u64 },
+    /// The job ran and failed (the worker's code and message).
+    #[error("{message}")]
+    Failed { code: String, message: String },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -68,6 +81,12 @@ pub enum ErrorResponse {
     /// The request is malformed or an option is invalid.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// An API key's daily credits are used up.
+    #[oai(status = 402)]
+    PaymentRequired(Json<ErrorBody>),
+    /// No API key, or not a valid one.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// No such job, or it belongs to someone else.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -182,6 +201,42 @@ impl From<WebError> for ErrorResponse {
                 R::BadRequest(body("invalid_option", format!("{field}: {reason}")))
             }
             WebError::InvalidRequest(m) => R::BadRequest(body("invalid_request", m)),
+            WebError::MissingApiKey => R::Forbidden(body(
+                "auth_failed",
+                "Missing API key: send it as X-Api-Key.",
+            )),
+            WebError::InvalidApiKey => R::Forbidden(body("auth_failed", "Invalid API key.")),
+            WebError::InsufficientCredits { quota } => R::PaymentRequired(body(
+                "insufficient_credits",
+                format!("This key's {quota} credits for today are used up."),
+            )),
+            WebError::ImageUrl(e) => {
+                let code = match e {
+                    crate::removebg::fetch::FetchError::TooLarge { .. } => "file_too_large",
+                    crate::removebg::fetch::FetchError::Forbidden(_) => "image_url_forbidden",
+                    _ => "failed_to_download",
+                };
+                R::BadRequest(body(code, e.to_string()))
+            }
+            WebError::Timeout { secs } => R::Unavailable(
+                body("timeout", "The photo was not processed in time; try again."),
+                secs,
+            ),
+            WebError::Failed { code, message } => {
+                // Our own failures are 500; the rest are about the photo.
+                if matches!(
+                    code.as_str(),
+                    "model_failed"
+                        | "model_unavailable"
+                        | "encode_failed"
+                        | "operation_failed"
+                        | "internal"
+                ) {
+                    R::Internal(body(&code, message))
+                } else {
+                    R::BadRequest(body(&code, message))
+                }
+            }
             WebError::InvalidPipeline(e) => R::BadRequest(body(e.code(), e.to_string())),
             // Backends fail transiently (restarts, failovers, network): tell the client to retry
             // rather than that the request was wrong. The cause (SQL, paths) is logged only.
@@ -203,6 +258,8 @@ impl ErrorResponse {
     pub fn status(&self) -> u16 {
         match self {
             Self::BadRequest(_) => 400,
+            Self::PaymentRequired(_) => 402,
+            Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
             Self::PayloadTooLarge(_) => 413,

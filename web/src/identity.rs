@@ -60,8 +60,14 @@ impl Signer {
         Some(ClientId(id.to_string()))
     }
 
-    /// The caller's verified identity: bearer token first, then the cookie.
+    /// The caller's verified identity: an API key (resolved by [`crate::keys::authenticate`]),
+    /// then a bearer token, then the cookie. A presented key that is not valid is no identity.
     pub fn identify(&self, req: &Request) -> Option<ClientId> {
+        match req.extensions().get::<crate::keys::Presented>() {
+            Some(crate::keys::Presented::Valid(k)) => return Some(ClientId(k.owner())),
+            Some(crate::keys::Presented::Unknown) => return None,
+            None => {}
+        }
         if let Some(auth) = req.headers().get(header::AUTHORIZATION)
             && let Ok(auth) = auth.to_str()
             && let Some(token) = auth

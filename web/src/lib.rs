@@ -7,10 +7,12 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pages;
 pub mod ratelimit;
+pub mod removebg;
 pub mod security;
 pub mod upload;
 pub mod watcher;
@@ -43,6 +45,7 @@ pub struct App {
     shared: Arc<Shared>,
     config: WebConfig,
     signer: Signer,
+    keys: Arc<keys::Keys>,
 }
 
 /// How long in-flight requests (SSE streams included) get to finish at shutdown.
@@ -86,6 +89,11 @@ impl App {
             config.sse_poll,
         ));
         let signer = Signer::new(config.cookie_secret.clone(), config.cookie_secure);
+        let keys = Arc::new(keys::Keys::new(
+            shared.db.clone(),
+            &config.api.env_keys,
+            config.api.env_key_quota,
+        ));
         let listener = Listener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -99,6 +107,7 @@ impl App {
             shared,
             config,
             signer,
+            keys,
         })
     }
 
@@ -125,6 +134,7 @@ impl App {
                     max_stream_lifetime: c.sse_max_lifetime,
                     result_delivery: c.result_delivery,
                     addr_quotas: c.addr_quotas,
+                    max_live_per_key: c.api.max_live_per_key,
                 },
                 ConfigApi {
                     limits: c.common.limits,
@@ -135,6 +145,30 @@ impl App {
                 HealthApi {
                     shared: Arc::clone(&self.shared),
                 },
+                removebg::RemoveBgApi {
+                    shared: Arc::clone(&self.shared),
+                    limits: c.common.limits,
+                    api: c.api.clone(),
+                    fetcher: removebg::fetch::Fetcher::new(
+                        c.api.url_allow_hosts.clone(),
+                        c.api.url_timeout,
+                        c.common.limits.max_bytes,
+                    ),
+                    model: if c
+                        .models
+                        .iter()
+                        .any(|m| m == backless_common::job::DEFAULT_MODEL)
+                        || c.models.is_empty()
+                    {
+                        backless_common::job::DEFAULT_MODEL.to_string()
+                    } else {
+                        c.models[0].clone()
+                    },
+                    models: backless_common::job::MODELS
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect(),
+                },
             ),
             "BackLess",
             env!("CARGO_PKG_VERSION"),
@@ -143,22 +177,45 @@ impl App {
         let spec = api.spec_endpoint();
         let ui_html = api.swagger_ui_html();
         let ui = poem::endpoint::make_sync(move |_| poem::web::Html(ui_html.clone()));
-        // Multipart framing on top of the largest accepted file.
-        let body_limit = c.common.limits.max_bytes.saturating_add(1024 * 1024);
+        // Multipart framing on top of the largest accepted file; base64 bodies of the remove.bg
+        // API are a third larger.
+        let max = c.common.limits.max_bytes;
+        let body_limit = max.saturating_add(1024 * 1024);
+        let removebg_limit = (max / 3).saturating_mul(4).saturating_add(2 * 1024 * 1024);
         let limiter = ratelimit::Limiter::new(c.rate_limits.clone(), self.signer.clone());
-        let api = Arc::new(api.around(move |ep, req| limit_body(ep, req, body_limit)));
-        let v1 =
-            Arc::clone(&api).around(move |ep, req| ratelimit::limit(ep, req, Arc::clone(&limiter)));
+        let api = Arc::new(poem::IntoEndpoint::into_endpoint(api));
+        let with_keys = |ep: Arc<poem::endpoint::BoxEndpoint<'static>>| {
+            let (keys, signer, limiter) = (
+                Arc::clone(&self.keys),
+                self.signer.clone(),
+                Arc::clone(&limiter),
+            );
+            EndpointExt::around(ep, move |ep, req| {
+                ratelimit::limit(ep, req, Arc::clone(&limiter))
+            })
+            .around(move |ep, req| keys::authenticate(ep, req, Arc::clone(&keys), signer.clone()))
+        };
+        let bounded = |limit: u64, removebg: bool| {
+            Arc::new(
+                EndpointExt::around(Arc::clone(&api), move |ep, req| {
+                    limit_body(ep, req, limit, removebg)
+                })
+                .boxed(),
+            )
+        };
+        let plain = bounded(body_limit, false);
+        let rbg = bounded(removebg_limit, true);
         pages::mount(Route::new())
             .at("/docs", ui)
             .at("/openapi.json", spec)
-            .at("/healthz", Arc::clone(&api))
-            .at("/readyz", Arc::clone(&api))
+            .at("/healthz", Arc::clone(&plain))
+            .at("/readyz", Arc::clone(&plain))
             .at(
                 "/metrics",
                 poem::get(metrics_endpoint).data(Arc::clone(&self.shared)),
             )
-            .nest_no_strip("/v1", v1)
+            .nest_no_strip("/v1", with_keys(plain))
+            .nest_no_strip("/v1.0", with_keys(rbg))
             .around(security::protect)
             .with(Tracing)
     }
@@ -205,6 +262,7 @@ async fn limit_body<E: poem::Endpoint>(
     ep: Arc<E>,
     mut req: poem::Request,
     limit: u64,
+    removebg: bool,
 ) -> poem::Result<poem::Response> {
     use futures::StreamExt;
     use poem::IntoResponse;
@@ -215,10 +273,14 @@ async fn limit_body<E: poem::Endpoint>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = || {
-        error::ErrorResponse::from(error::WebError::FileTooLarge {
+        let e = error::WebError::FileTooLarge {
             max_bytes: limit.saturating_sub(1024 * 1024),
-        })
-        .into_response()
+        };
+        if removebg {
+            removebg::ApiError::from(e).into_response()
+        } else {
+            error::ErrorResponse::from(e).into_response()
+        }
     };
     let exceeded = Arc::new(AtomicBool::new(false));
     match declared {

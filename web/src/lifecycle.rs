@@ -244,6 +244,45 @@ impl Shared {
         done
     }
 
+    /// The second half of an upload, once its row is written and its quotas passed: store the
+    /// original and record it, announce the job and enqueue it (the outbox retries a failed
+    /// enqueue). If the original cannot be stored, the upload is forgotten (row and objects) and
+    /// the error returned.
+    pub async fn store_and_enqueue(
+        &self,
+        job: &mut backless_common::db::Job,
+        data: bytes::Bytes,
+    ) -> Result<(), WebError> {
+        let size = data.len() as u64;
+        let stored = async {
+            self.storage.put_original(&job.id, data).await?;
+            if !self.db.mark_stored(&job.id, size).await? {
+                // Deleted meanwhile (it was never listed): what was just stored goes too.
+                return Err(WebError::NotFound);
+            }
+            Ok(())
+        };
+        if let Err(e) = stored.await {
+            self.forget_upload(&job.id).await;
+            return Err(e);
+        }
+        job.original_bytes = i64::try_from(size).ok();
+        tracing::info!(width = job.width, height = job.height, "job created");
+        self.metrics.jobs_created.inc();
+        let _ = self
+            .events
+            .publish(&job.id, JobEvent::new(Stage::Uploaded, 0))
+            .await;
+        match self.enqueue(&job.id, job.created_at).await {
+            Ok(()) => job.enqueued = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "enqueue failed; the outbox will retry");
+                self.outbox_wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
     /// Create the job's task and record that it exists.
     pub async fn enqueue(
         &self,

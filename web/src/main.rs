@@ -1,11 +1,13 @@
 //! `web`: the BackLess web service. All start-up logic lives in the library.
 //!
-//! `web` (or `web serve`) serves; `web migrate` runs the pending database migrations and exits.
+//! `web` (or `web serve`) serves; `web migrate` runs the pending database migrations and exits;
+//! `web keys create|list|revoke` manages API keys.
 
 use anyhow::Context;
 use backless_web::{App, WebConfig};
 
-const USAGE: &str = "usage: web [serve | migrate]   (configured by BACKLESS_* variables)";
+const USAGE: &str = "usage: web [serve | migrate | keys create --name NAME [--quota-per-day N] | keys list | keys revoke NAME]
+(configured by BACKLESS_* variables)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,6 +16,15 @@ async fn main() -> anyhow::Result<()> {
     match command.as_deref() {
         None | Some("serve") => serve().await,
         Some("migrate") => migrate().await,
+        Some("keys") => {
+            let config = WebConfig::from_env().context("reading configuration")?;
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let out = backless_web::keys::command(&config, &args)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?;
+            print!("{out}");
+            Ok(())
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

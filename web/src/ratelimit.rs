@@ -252,7 +252,7 @@ pub struct ClientAddr(pub String);
 fn is_transfer(req: &Request) -> bool {
     let path = req.uri().path();
     match *req.method() {
-        Method::POST => path == "/v1/jobs",
+        Method::POST => path == "/v1/jobs" || path == "/v1.0/removebg",
         Method::GET => {
             path.starts_with("/v1/jobs/")
                 && (path.ends_with("/original") || path.ends_with("/result"))
@@ -270,13 +270,25 @@ fn hold_until_sent<G: Send + Sync + 'static>(resp: &mut Response, guard: G) {
     })));
 }
 
-fn too_many(code: &str, message: &str, wait: Duration) -> Response {
-    refuse(StatusCode::TOO_MANY_REQUESTS, code, message, wait)
-}
-
 fn refuse(status: StatusCode, code: &str, message: &str, wait: Duration) -> Response {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    refusal(status, body, secs)
+}
+
+/// A refusal on the remove.bg API: its error shape.
+fn refuse_removebg(status: StatusCode, code: &str, message: &str, wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let code = if code == "rate_limited" {
+        "rate_limit_exceeded"
+    } else {
+        code
+    };
+    let body = serde_json::json!({ "errors": [{ "title": message, "code": code }] }).to_string();
+    refusal(status, body, secs)
+}
+
+fn refusal(status: StatusCode, body: String, secs: u64) -> Response {
     let mut r = Response::builder()
         .status(status)
         .content_type("application/json; charset=utf-8")
@@ -287,12 +299,33 @@ fn refuse(status: StatusCode, code: &str, message: &str, wait: Duration) -> Resp
     r
 }
 
-/// The middleware, for `EndpointExt::around`.
+/// The middleware, for `EndpointExt::around`. Refusals on the remove.bg API (`/v1.0`) are in
+/// its error shape.
 pub async fn limit<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
     limiter: Arc<Limiter>,
 ) -> poem::Result<Response> {
+    let removebg = req.uri().path().starts_with("/v1.0/");
+    let (resp, refused) = limit_inner(ep, req, limiter).await?;
+    match refused {
+        Some((status, code, message, wait)) => Ok(if removebg {
+            refuse_removebg(status, code, message, wait)
+        } else {
+            refuse(status, code, message, wait)
+        }),
+        None => Ok(resp.expect("a response when nothing was refused")),
+    }
+}
+
+/// A refusal: status, code, message, how long to wait.
+type Refusal = (StatusCode, &'static str, &'static str, Duration);
+
+async fn limit_inner<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    limiter: Arc<Limiter>,
+) -> poem::Result<(Option<Response>, Option<Refusal>)> {
     let mut req = req;
     let now = Instant::now();
     let addr = limiter.client_ip(&req).map(addr_key);
@@ -302,20 +335,28 @@ pub async fn limit<E: Endpoint>(
     if let Some(addr) = &addr
         && let Err(wait) = limiter.per_ip.take(addr, now)
     {
-        return Ok(too_many(
-            "rate_limited",
-            "Too many requests from your address; slow down.",
-            wait,
+        return Ok((
+            None,
+            Some((
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests from your address; slow down.",
+                wait,
+            )),
         ));
     }
     let client = limiter.signer.identify(&req);
     if let Some(c) = &client
         && let Err(wait) = limiter.per_client.take(&c.0, now)
     {
-        return Ok(too_many(
-            "rate_limited",
-            "Too many requests; slow down.",
-            wait,
+        return Ok((
+            None,
+            Some((
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests; slow down.",
+                wait,
+            )),
         ));
     }
     let is_stream = req.method() == Method::GET && req.uri().path().ends_with("/events");
@@ -329,10 +370,14 @@ pub async fn limit<E: Endpoint>(
         );
         match slots {
             (Some(None), _, _) | (_, Some(None), _) | (_, _, None) => {
-                return Ok(too_many(
-                    "too_many_streams",
-                    "Too many open progress streams; close one first.",
-                    Duration::from_secs(5),
+                return Ok((
+                    None,
+                    Some((
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_streams",
+                        "Too many open progress streams; close one first.",
+                        Duration::from_secs(5),
+                    )),
                 ));
             }
             held => Some(held),
@@ -344,11 +389,14 @@ pub async fn limit<E: Endpoint>(
         match Arc::clone(&limiter.transfers).try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                return Ok(refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "Too many uploads and downloads in progress; try again in a few seconds.",
-                    Duration::from_secs(5),
+                return Ok((
+                    None,
+                    Some((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "Too many uploads and downloads in progress; try again in a few seconds.",
+                        Duration::from_secs(5),
+                    )),
                 ));
             }
         }
@@ -360,7 +408,7 @@ pub async fn limit<E: Endpoint>(
     if slot.is_some() || transfer.is_some() {
         hold_until_sent(&mut resp, (slot, transfer));
     }
-    Ok(resp)
+    Ok((Some(resp), None))
 }
 
 #[cfg(test)]

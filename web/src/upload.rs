@@ -106,6 +106,32 @@ pub fn check_image(data: &[u8], limits: &ImageLimits) -> Result<Checked, WebErro
     })
 }
 
+/// An uploaded file's name and bytes. The multipart parser has already spooled the file to an
+/// unlinked temporary file; its bytes are mapped from there, not copied onto the heap, so a large
+/// upload costs page cache (which the kernel can drop), not process memory.
+pub async fn read_upload(
+    file: poem_openapi::types::multipart::Upload,
+    max: u64,
+) -> Result<(Option<String>, bytes::Bytes), WebError> {
+    if file.size() as u64 > max {
+        return Err(WebError::FileTooLarge { max_bytes: max });
+    }
+    let name = file.file_name().map(str::to_string);
+    if file.size() == 0 {
+        return Ok((name, bytes::Bytes::new()));
+    }
+    let spooled = file.into_file().into_std().await;
+    // SAFETY: the file is the multipart parser's own unlinked temporary file: no other process
+    // can open it, and nothing in this one writes to it after parsing, so the mapped bytes do not
+    // change while they are borrowed.
+    let mapped = unsafe { memmap2::Mmap::map(&spooled) }
+        .map_err(|e| WebError::InvalidRequest(format!("cannot read the upload: {e}")))?;
+    if mapped.len() as u64 > max {
+        return Err(WebError::FileTooLarge { max_bytes: max });
+    }
+    Ok((name, bytes::Bytes::from_owner(mapped)))
+}
+
 /// A display name from an uploaded file name: no directories, no extension, printable, short.
 pub fn display_name(file_name: Option<&str>) -> String {
     let base = file_name

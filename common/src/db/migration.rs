@@ -8,7 +8,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateJob), Box::new(AddUploadColumns)]
+        vec![
+            Box::new(CreateJob),
+            Box::new(AddUploadColumns),
+            Box::new(CreateApiKeys),
+        ]
     }
 }
 
@@ -183,5 +187,88 @@ impl MigrationTrait for AddUploadColumns {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// API keys (hash only) and the credits each spends per day.
+struct CreateApiKeys;
+
+impl MigrationName for CreateApiKeys {
+    fn name(&self) -> &str {
+        "m20261129_000003_api_keys"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ApiKey {
+    Table,
+    Id,
+    Name,
+    Hash,
+    QuotaPerDay,
+    CreatedAt,
+    RevokedAt,
+}
+
+#[derive(DeriveIden)]
+enum ApiKeyUsage {
+    Table,
+    KeyId,
+    Day,
+    Credits,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateApiKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(ApiKey::Table)
+                    .if_not_exists()
+                    .col(string_len(ApiKey::Id, 64).primary_key())
+                    .col(string_len(ApiKey::Name, 100))
+                    .col(string_len(ApiKey::Hash, 64).unique_key())
+                    .col(big_integer_null(ApiKey::QuotaPerDay))
+                    .col(timestamp_with_time_zone(ApiKey::CreatedAt))
+                    .col(timestamp_with_time_zone_null(ApiKey::RevokedAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_api_key_name")
+                    .table(ApiKey::Table)
+                    .col(ApiKey::Name)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ApiKeyUsage::Table)
+                    .if_not_exists()
+                    .col(string_len(ApiKeyUsage::KeyId, 64))
+                    .col(string_len(ApiKeyUsage::Day, 10))
+                    .col(big_integer(ApiKeyUsage::Credits))
+                    .primary_key(
+                        Index::create()
+                            .col(ApiKeyUsage::KeyId)
+                            .col(ApiKeyUsage::Day),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(ApiKeyUsage::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(ApiKey::Table).to_owned())
+            .await
     }
 }

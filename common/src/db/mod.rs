@@ -4,6 +4,7 @@
 //! the same task cannot both own a job: [`Db::try_claim`] moves `queued` (or `processing` whose lease
 //! has run out) to `processing` and reports whether this caller won.
 
+pub mod api_key;
 pub mod job;
 pub mod migration;
 
@@ -18,6 +19,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub use api_key::ApiKey;
 pub use job::{JobOptions, JobState, OutputFormat};
 /// A job record.
 pub type Job = job::Model;
@@ -37,6 +39,9 @@ pub enum DbError {
         .0.join(", ")
     )]
     Pending(Vec<String>),
+    /// The record conflicts with one that exists.
+    #[error("{0}")]
+    Conflict(String),
     #[error("cannot prepare the database directory {path}: {source}")]
     Dir {
         path: String,
@@ -532,6 +537,139 @@ fn sqlite_file_path(url: &str) -> Option<String> {
     Some(path.to_string())
 }
 
+/// API keys and their daily credits.
+impl Db {
+    /// Record a key (its hash only). Fails when a key that is not revoked has this name.
+    pub async fn insert_key(
+        &self,
+        name: &str,
+        hash: &str,
+        quota_per_day: Option<u64>,
+    ) -> Result<ApiKey, DbError> {
+        use api_key::key;
+        self.note("insert_key");
+        let taken = key::Entity::find()
+            .filter(key::Column::Name.eq(name))
+            .filter(key::Column::RevokedAt.is_null())
+            .count(&self.conn)
+            .await?;
+        if taken > 0 {
+            return Err(DbError::Conflict(format!("a key named {name:?} exists")));
+        }
+        let model = key::ActiveModel {
+            id: Set(hex::encode(rand::random::<[u8; 16]>())),
+            name: Set(name.to_string()),
+            hash: Set(hash.to_string()),
+            quota_per_day: Set(quota_per_day.map(|q| i64::try_from(q).unwrap_or(i64::MAX))),
+            created_at: Set(Utc::now()),
+            revoked_at: Set(None),
+        };
+        Ok(model.insert(&self.conn).await?)
+    }
+
+    /// The key with this hash, unless revoked.
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, DbError> {
+        use api_key::key;
+        self.note("key_by_hash");
+        Ok(key::Entity::find()
+            .filter(key::Column::Hash.eq(hash))
+            .filter(key::Column::RevokedAt.is_null())
+            .one(&self.conn)
+            .await?)
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, DbError> {
+        use api_key::key;
+        self.note("list_keys");
+        Ok(key::Entity::find()
+            .order_by_asc(key::Column::CreatedAt)
+            .all(&self.conn)
+            .await?)
+    }
+
+    /// Revoke the live key named `name`; whether there was one.
+    pub async fn revoke_key(&self, name: &str) -> Result<bool, DbError> {
+        use api_key::key;
+        self.note("revoke_key");
+        let res = key::Entity::update_many()
+            .col_expr(key::Column::RevokedAt, Expr::value(Some(Utc::now())))
+            .filter(key::Column::Name.eq(name))
+            .filter(key::Column::RevokedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Spend `credits` of key `key_id` on `day` if that keeps the day within `quota` (`None`:
+    /// no quota); whether they were spent. One conditional `UPDATE`, so concurrent requests
+    /// cannot overspend together.
+    pub async fn spend_credits(
+        &self,
+        key_id: &str,
+        day: &str,
+        credits: u64,
+        quota: Option<u64>,
+    ) -> Result<bool, DbError> {
+        use api_key::usage;
+        self.note("spend_credits");
+        let n = i64::try_from(credits).unwrap_or(i64::MAX);
+        usage::Entity::insert(usage::ActiveModel {
+            key_id: Set(key_id.to_string()),
+            day: Set(day.to_string()),
+            credits: Set(0),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(&self.conn)
+        .await?;
+        let mut update = usage::Entity::update_many()
+            .col_expr(
+                usage::Column::Credits,
+                Expr::col(usage::Column::Credits).add(n),
+            )
+            .filter(usage::Column::KeyId.eq(key_id))
+            .filter(usage::Column::Day.eq(day));
+        if let Some(q) = quota {
+            let room = i64::try_from(q).unwrap_or(i64::MAX).saturating_sub(n);
+            update = update.filter(usage::Column::Credits.lte(room));
+        }
+        Ok(update.exec(&self.conn).await?.rows_affected > 0)
+    }
+
+    /// Give back credits spent on a request that produced nothing.
+    pub async fn refund_credits(
+        &self,
+        key_id: &str,
+        day: &str,
+        credits: u64,
+    ) -> Result<(), DbError> {
+        use api_key::usage;
+        self.note("refund_credits");
+        let n = i64::try_from(credits).unwrap_or(i64::MAX);
+        usage::Entity::update_many()
+            .col_expr(
+                usage::Column::Credits,
+                Expr::col(usage::Column::Credits).sub(n),
+            )
+            .filter(usage::Column::KeyId.eq(key_id))
+            .filter(usage::Column::Day.eq(day))
+            .filter(usage::Column::Credits.gte(n))
+            .exec(&self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Credits key `key_id` has spent on `day`.
+    pub async fn credits_spent(&self, key_id: &str, day: &str) -> Result<u64, DbError> {
+        use api_key::usage;
+        self.note("credits_spent");
+        let row = usage::Entity::find_by_id((key_id.to_string(), day.to_string()))
+            .one(&self.conn)
+            .await?;
+        Ok(row.map_or(0, |r| u64::try_from(r.credits).unwrap_or(0)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +695,73 @@ mod tests {
             height: 20,
             client_addr: None,
         }
+    }
+
+    #[tokio::test]
+    async fn keys_are_stored_by_hash_and_credits_never_overspent() {
+        check_keys(memory_db().await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_keys_and_concurrent_credits() {
+        let db = postgres_db(8).await;
+        check_keys(db.clone()).await;
+        // 20 requests at once against a quota of 5: exactly 5 are charged.
+        let key = db
+            .insert_key("race", &"12".repeat(32), Some(5))
+            .await
+            .unwrap();
+        let spent = futures::future::join_all((0..20).map(|_| {
+            let db = db.clone();
+            let id = key.id.clone();
+            async move {
+                db.spend_credits(&id, "2026-11-29", 1, Some(5))
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        assert_eq!(spent.iter().filter(|s| **s).count(), 5);
+        assert_eq!(db.credits_spent(&key.id, "2026-11-29").await.unwrap(), 5);
+    }
+
+    async fn check_keys(db: Db) {
+        let k = db
+            .insert_key("shop", "ab".repeat(32).as_str(), Some(3))
+            .await
+            .unwrap();
+        assert!(matches!(
+            db.insert_key("shop", "cd".repeat(32).as_str(), None).await,
+            Err(DbError::Conflict(_))
+        ));
+        assert_eq!(
+            db.key_by_hash(&"ab".repeat(32)).await.unwrap(),
+            Some(k.clone())
+        );
+        let day = "2026-11-29";
+        assert!(db.spend_credits(&k.id, day, 2, Some(3)).await.unwrap());
+        assert!(!db.spend_credits(&k.id, day, 2, Some(3)).await.unwrap());
+        assert!(db.spend_credits(&k.id, day, 1, Some(3)).await.unwrap());
+        assert!(!db.spend_credits(&k.id, day, 1, Some(3)).await.unwrap());
+        assert_eq!(db.credits_spent(&k.id, day).await.unwrap(), 3);
+        // Another day is another budget; a refund gives room back.
+        assert!(
+            db.spend_credits(&k.id, "2026-11-30", 3, Some(3))
+                .await
+                .unwrap()
+        );
+        db.refund_credits(&k.id, day, 1).await.unwrap();
+        assert_eq!(db.credits_spent(&k.id, day).await.unwrap(), 2);
+        // No quota: any amount.
+        assert!(db.spend_credits("env:ci", day, 1000, None).await.unwrap());
+        // Revoked: gone for lookups, and the name is free again.
+        assert!(db.revoke_key("shop").await.unwrap());
+        assert!(!db.revoke_key("shop").await.unwrap());
+        assert_eq!(db.key_by_hash(&"ab".repeat(32)).await.unwrap(), None);
+        db.insert_key("shop", "ef".repeat(32).as_str(), None)
+            .await
+            .unwrap();
+        assert_eq!(db.list_keys().await.unwrap().len(), 2);
     }
 
     #[test]

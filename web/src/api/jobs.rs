@@ -11,7 +11,6 @@ use backless_common::db::{Job, JobOptions, JobState, NewJob, OutputFormat, new_j
 use backless_common::events::{JobEvent, Stage};
 use backless_common::job::{Operation, Pipeline, PlannedStage};
 use backless_common::limits::ImageLimits;
-use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
 use poem::Request;
@@ -24,8 +23,9 @@ use poem_openapi::{ApiResponse, Enum, Multipart, Object, OpenApi, Tags};
 use super::image_body::{ImageBody, ResultBody};
 use crate::error::{ApiResult, WebError};
 use crate::identity::{ClientId, Signer};
+use crate::keys::{Charge, Presented};
 use crate::lifecycle::{Shared, state_event};
-use crate::upload::{check_image, clean_name, display_name};
+use crate::upload::{check_image, clean_name, display_name, read_upload};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -43,6 +43,8 @@ pub struct JobsApi {
     pub max_stream_lifetime: Duration,
     pub result_delivery: crate::config::ResultDelivery,
     pub addr_quotas: crate::config::AddrQuotas,
+    /// Queued or processing jobs per API key.
+    pub max_live_per_key: u64,
 }
 
 /// A job's state.
@@ -172,7 +174,8 @@ impl From<Job> for JobView {
 pub struct CreatedJob {
     pub job: JobView,
     /// Send as `Authorization: Bearer <token>` to act as this client (browsers use the cookie).
-    pub token: String,
+    /// Absent when the job was made with an API key (the key is the credential).
+    pub token: Option<String>,
 }
 
 /// The upload form.
@@ -419,41 +422,6 @@ impl JobsApi {
                 e => e.into(),
             })
     }
-
-    /// Store the original and record that it is there.
-    async fn store_original(&self, id: &str, data: Bytes) -> Result<(), WebError> {
-        let bytes = data.len() as u64;
-        self.shared.storage.put_original(id, data).await?;
-        if !self.shared.db.mark_stored(id, bytes).await? {
-            // Deleted meanwhile (it was never listed): what was just stored goes too.
-            return Err(WebError::NotFound);
-        }
-        Ok(())
-    }
-
-    /// The uploaded file's name and bytes. The multipart parser has already spooled the file to
-    /// an unlinked temporary file; its bytes are mapped from there, not copied onto the heap, so
-    /// a large upload costs page cache (which the kernel can drop), not process memory.
-    async fn read_upload(&self, file: Upload) -> Result<(Option<String>, Bytes), WebError> {
-        let max = self.limits.max_bytes;
-        if file.size() as u64 > max {
-            return Err(WebError::FileTooLarge { max_bytes: max });
-        }
-        let name = file.file_name().map(str::to_string);
-        if file.size() == 0 {
-            return Ok((name, Bytes::new()));
-        }
-        let spooled = file.into_file().into_std().await;
-        // SAFETY: the file is the multipart parser's own unlinked temporary file: no other
-        // process can open it, and nothing in this one writes to it after parsing, so the
-        // mapped bytes do not change while they are borrowed.
-        let mapped = unsafe { memmap2::Mmap::map(&spooled) }
-            .map_err(|e| WebError::InvalidRequest(format!("cannot read the upload: {e}")))?;
-        if mapped.len() as u64 > max {
-            return Err(WebError::FileTooLarge { max_bytes: max });
-        }
-        Ok((name, Bytes::from_owner(mapped)))
-    }
 }
 
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Jobs")]
@@ -462,29 +430,37 @@ impl JobsApi {
     #[oai(path = "/jobs", method = "post")]
     #[tracing::instrument(skip_all, fields(job_id))]
     async fn create(&self, req: &Request, form: UploadForm) -> ApiResult<CreateResponse> {
-        let (client, new_cookie) = match self.signer.identify(req) {
-            Some(c) => (c, None),
-            None => {
+        let key = match req.extensions().get::<Presented>() {
+            Some(Presented::Valid(k)) => Some(k.clone()),
+            Some(Presented::Unknown) => return Err(WebError::InvalidApiKey.into()),
+            None => None,
+        };
+        let (client, new_cookie) = match (&key, self.signer.identify(req)) {
+            (Some(k), _) => (ClientId(k.owner()), None),
+            (None, Some(c)) => (c, None),
+            (None, None) => {
                 let c = self.signer.new_client();
                 let cookie = self.signer.cookie(&c);
                 (c, Some(cookie))
             }
         };
-        let live = self
-            .shared
-            .db
-            .count_live_by_owner(&client.0)
-            .await
-            .map_err(WebError::from)?;
-        if live >= self.max_live_per_client {
-            return Err(WebError::TooManyJobs {
-                max: self.max_live_per_client,
+        if key.is_none() {
+            let live = self
+                .shared
+                .db
+                .count_live_by_owner(&client.0)
+                .await
+                .map_err(WebError::from)?;
+            if live >= self.max_live_per_client {
+                return Err(WebError::TooManyJobs {
+                    max: self.max_live_per_client,
+                }
+                .into());
             }
-            .into());
         }
         let options = Self::options(&form)?;
         let explicit_name = form.name.as_deref().and_then(clean_name);
-        let (file_name, data) = self.read_upload(form.file).await?;
+        let (file_name, data) = read_upload(form.file, self.limits.max_bytes).await?;
         let checked = check_image(&data, &self.limits)?;
         // What the job will produce, from the header alone: a pipeline that would break a limit
         // on this image is refused now, not failed by the worker.
@@ -498,12 +474,17 @@ impl JobsApi {
             .extensions()
             .get::<crate::ratelimit::ClientAddr>()
             .map(|a| a.0.clone());
+        // A key's job spends a credit (its quotas replace the per-client and per-address ones).
+        let charge = match &key {
+            Some(k) => Some(Charge::take(&self.shared.db, k, self.max_live_per_key).await?),
+            None => None,
+        };
         let id = new_job_id();
         tracing::Span::current().record("job_id", id.as_str());
         let shared = &self.shared;
         // The row first: a crash from here on leaves a row the sweep deletes (with any object
         // under its id), never an object nothing knows about.
-        let mut job = shared
+        let inserted = shared
             .db
             .insert(NewJob {
                 id: id.clone(),
@@ -516,37 +497,34 @@ impl JobsApi {
                 client_addr: addr.clone(),
             })
             .await
-            .map_err(WebError::from)?;
+            .map_err(WebError::from);
+        let mut job = match inserted {
+            Ok(job) => job,
+            Err(e) => {
+                if let Some(c) = &charge {
+                    c.refund(&shared.db).await;
+                }
+                return Err(e.into());
+            }
+        };
         let size = data.len() as u64;
         // Counted with this job in: two uploads racing past the check above cannot both stay.
-        let refused = self.over_quota(&client, addr.as_deref(), size).await.err();
-        let stored = match refused {
-            Some(e) => Err(e),
-            None => self.store_original(&id, data).await,
+        let admitted = match &charge {
+            Some(_) => Ok(()),
+            None => self.over_quota(&client, addr.as_deref(), size).await,
         };
-        if let Err(e) = stored {
+        if let Err(e) = admitted {
             shared.forget_upload(&id).await;
             return Err(e.into());
         }
-        job.original_bytes = i64::try_from(size).ok();
-        tracing::info!(
-            width = checked.width,
-            height = checked.height,
-            "job created"
-        );
-        shared.metrics.jobs_created.inc();
-        let _ = shared
-            .events
-            .publish(&id, JobEvent::new(Stage::Uploaded, 0))
-            .await;
-        match shared.enqueue(&id, job.created_at).await {
-            Ok(()) => job.enqueued = true,
-            Err(e) => {
-                tracing::warn!(error = %e, "enqueue failed; the outbox will retry");
-                shared.outbox_wake.notify_one();
+        if let Err(e) = shared.store_and_enqueue(&mut job, data).await {
+            if let Some(c) = &charge {
+                c.refund(&shared.db).await;
             }
+            return Err(e.into());
         }
-        let token = self.signer.token(&client);
+        // A key is its own credential: no client token is made for it.
+        let token = key.is_none().then(|| self.signer.token(&client));
         Ok(CreateResponse::Created(
             Json(CreatedJob {
                 job: job.into(),

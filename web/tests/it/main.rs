@@ -9,6 +9,7 @@ mod metrics;
 mod migrate;
 mod pipelines;
 mod queue;
+mod removebg;
 mod security;
 mod sse;
 mod transfers;
