@@ -417,24 +417,42 @@ struct Cleanup {
     refund: Option<Charge>,
 }
 
+impl Cleanup {
+    /// Refund (if still due) and delete now, before the answer goes out; nothing is left for
+    /// the drop.
+    async fn settle(&mut self) {
+        if self.id.is_empty() {
+            return;
+        }
+        if let Some(c) = self.refund.take() {
+            c.refund(&self.shared.db).await;
+        }
+        let id = std::mem::take(&mut self.id);
+        if let Err(e) = self.shared.delete_job(&id, "removebg").await {
+            tracing::warn!(error = ?e, job_id = %id, "cannot delete a removebg job; the sweep will");
+        }
+    }
+
+    /// Move the duty to another owner (the answer's body); this one is left with nothing to do.
+    fn hand_over(&mut self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            id: std::mem::take(&mut self.id),
+            refund: self.refund.take(),
+        }
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (shared, id, refund) = (
-            Arc::clone(&self.shared),
-            std::mem::take(&mut self.id),
-            self.refund.take(),
-        );
+        if self.id.is_empty() {
+            return;
+        }
+        let mut rest = self.hand_over();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        rt.spawn(async move {
-            if let Some(c) = refund {
-                c.refund(&shared.db).await;
-            }
-            if let Err(e) = shared.delete_job(&id, "removebg").await {
-                tracing::warn!(error = ?e, job_id = %id, "cannot delete a removebg job; the sweep will");
-            }
-        });
+        rt.spawn(async move { rest.settle().await });
     }
 }
 
@@ -592,6 +610,95 @@ impl RemoveBgApi {
             Err(_) => Err(WebError::Timeout { secs: 5 }),
         }
     }
+
+    /// Store, queue and wait for the job; the answer. `cleanup` is settled by the caller on an
+    /// error; a streamed answer takes it over.
+    async fn deliver(
+        &self,
+        req: &Request,
+        mut job: backless_common::db::Job,
+        data: Bytes,
+        cleanup: &mut Cleanup,
+    ) -> Reply<ImageOrJson> {
+        let shared = &self.shared;
+        let id = job.id.clone();
+        // Subscribed before the job can run, so its end cannot be missed.
+        let live = shared.events.subscribe(&id).await.map_err(WebError::from)?;
+        shared.store_and_enqueue(&mut job, data).await?;
+        self.wait(live, &id).await?;
+
+        let job = shared
+            .db
+            .get(&id)
+            .await
+            .map_err(WebError::from)?
+            .ok_or(WebError::NotFound)?;
+        let key_name = job.result_key.clone().ok_or(WebError::NotFound)?;
+        let content_type = job
+            .result_content_type
+            .clone()
+            .unwrap_or_else(|| job.options.format.content_type().to_string());
+        let wants_json = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json") && !v.contains("image/"));
+        if wants_json {
+            let bytes = shared
+                .storage
+                .get(&key_name)
+                .await
+                .map_err(WebError::from)?;
+            let (width, height) = dimensions(&bytes).unwrap_or((0, 0));
+            cleanup.refund = None;
+            cleanup.settle().await;
+            return Ok(ImageOrJson::Json {
+                width,
+                height,
+                body: ResultJson {
+                    data: ResultData {
+                        result_b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                    },
+                },
+            });
+        }
+        // Streamed as stored; the header is read from the first chunks for X-Width/X-Height.
+        let object = shared
+            .storage
+            .get_stream(&key_name)
+            .await
+            .map_err(WebError::from)?;
+        let mut body = object.body;
+        let mut prefix: Vec<u8> = Vec::new();
+        let mut dims = None;
+        while dims.is_none() && prefix.len() < HEADER_PEEK {
+            match body.next().await {
+                Some(chunk) => {
+                    prefix.extend_from_slice(&chunk.map_err(WebError::Storage)?);
+                    dims = dimensions(&prefix);
+                }
+                None => break,
+            }
+        }
+        let (width, height) = dims.ok_or_else(|| WebError::Failed {
+            code: "internal".into(),
+            message: "The result cannot be read.".into(),
+        })?;
+        cleanup.refund = None;
+        let cleanup = cleanup.hand_over();
+        let rest = body.map(move |chunk| {
+            // The job goes when the body has been sent, or the client left.
+            let _held = &cleanup;
+            chunk.map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let stream = stream::once(async move { Ok(Bytes::from(prefix)) }).chain(rest);
+        Ok(ImageOrJson::Image(ImageReply {
+            content_type,
+            width,
+            height,
+            body: Body::from_bytes_stream(stream),
+        }))
+    }
 }
 
 #[OpenApi(prefix_path = "/v1.0", tag = "ApiTags::RemoveBg")]
@@ -647,7 +754,7 @@ impl RemoveBgApi {
                 client_addr: None,
             })
             .await;
-        let mut job = match inserted {
+        let job = match inserted {
             Ok(job) => job,
             Err(e) => {
                 charge.refund(&shared.db).await;
@@ -661,81 +768,12 @@ impl RemoveBgApi {
             id: id.clone(),
             refund: Some(charge),
         };
-        // Subscribed before the job can run, so its end cannot be missed.
-        let live = shared.events.subscribe(&id).await.map_err(WebError::from)?;
-        shared.store_and_enqueue(&mut job, data).await?;
-        self.wait(live, &id).await?;
-
-        let job = shared
-            .db
-            .get(&id)
-            .await
-            .map_err(WebError::from)?
-            .ok_or(WebError::NotFound)?;
-        let key_name = job.result_key.clone().ok_or(WebError::NotFound)?;
-        let content_type = job
-            .result_content_type
-            .clone()
-            .unwrap_or_else(|| job.options.format.content_type().to_string());
-        let wants_json = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("application/json") && !v.contains("image/"));
-        if wants_json {
-            let bytes = shared
-                .storage
-                .get(&key_name)
-                .await
-                .map_err(WebError::from)?;
-            let (width, height) = dimensions(&bytes).unwrap_or((0, 0));
-            cleanup.refund = None;
-            drop(cleanup);
-            return Ok(ImageOrJson::Json {
-                width,
-                height,
-                body: ResultJson {
-                    data: ResultData {
-                        result_b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
-                    },
-                },
-            });
+        let answer = self.deliver(req, job, data, &mut cleanup).await;
+        if answer.is_err() {
+            // The error answer goes out with the credit back and the job gone.
+            cleanup.settle().await;
         }
-        // Streamed as stored; the header is read from the first chunks for X-Width/X-Height.
-        let object = shared
-            .storage
-            .get_stream(&key_name)
-            .await
-            .map_err(WebError::from)?;
-        let mut body = object.body;
-        let mut prefix: Vec<u8> = Vec::new();
-        let mut dims = None;
-        while dims.is_none() && prefix.len() < HEADER_PEEK {
-            match body.next().await {
-                Some(chunk) => {
-                    prefix.extend_from_slice(&chunk.map_err(WebError::Storage)?);
-                    dims = dimensions(&prefix);
-                }
-                None => break,
-            }
-        }
-        let (width, height) = dims.ok_or_else(|| WebError::Failed {
-            code: "internal".into(),
-            message: "The result cannot be read.".into(),
-        })?;
-        cleanup.refund = None;
-        let rest = body.map(move |chunk| {
-            // The job goes when the body has been sent, or the client left.
-            let _held = &cleanup;
-            chunk.map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        let stream = stream::once(async move { Ok(Bytes::from(prefix)) }).chain(rest);
-        Ok(ImageOrJson::Image(ImageReply {
-            content_type,
-            width,
-            height,
-            body: Body::from_bytes_stream(stream),
-        }))
+        answer
     }
 
     /// The key's credits today, in remove.bg's shape.
