@@ -135,6 +135,7 @@ impl App {
                     result_delivery: c.result_delivery,
                     addr_quotas: c.addr_quotas,
                     max_live_per_key: c.api.max_live_per_key,
+                    models: c.models.clone(),
                 },
                 ConfigApi {
                     limits: c.common.limits,
@@ -164,10 +165,7 @@ impl App {
                     } else {
                         c.models[0].clone()
                     },
-                    models: backless_common::job::MODELS
-                        .iter()
-                        .map(|m| m.to_string())
-                        .collect(),
+                    models: c.models.clone(),
                 },
             ),
             "BackLess",

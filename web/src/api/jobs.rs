@@ -45,6 +45,9 @@ pub struct JobsApi {
     pub addr_quotas: crate::config::AddrQuotas,
     /// Queued or processing jobs per API key.
     pub max_live_per_key: u64,
+    /// The models the workers load (`BACKLESS_MODELS`): a job naming another is refused (400),
+    /// not failed by the worker.
+    pub models: Vec<String>,
 }
 
 /// A job's state.
@@ -288,21 +291,35 @@ impl JobsApi {
         Ok((client, job))
     }
 
-    fn options(form: &UploadForm) -> Result<JobOptions, WebError> {
+    fn options(&self, form: &UploadForm) -> Result<JobOptions, WebError> {
         if !form.op.is_empty() {
-            return Self::pipeline_options(form);
+            return self.pipeline_options(form);
         }
         let mut o = JobOptions::default();
+        if !self.models.contains(&o.model)
+            && let Some(first) = self.models.first()
+        {
+            // The default model is not installed here: the first one that is.
+            o.model = first.clone();
+        }
         if let Some(m) = form
             .model
             .as_deref()
             .map(str::trim)
             .filter(|m| !m.is_empty())
         {
-            if !MODELS.contains(&m) {
+            if !self.models.iter().any(|installed| installed == m) {
+                let reason = if MODELS.contains(&m) {
+                    format!(
+                        "{m} is not installed on this server; use {}",
+                        self.models.join(", ")
+                    )
+                } else {
+                    format!("use one of {}", self.models.join(", "))
+                };
                 return Err(WebError::InvalidOption {
                     field: "model",
-                    reason: format!("use one of {}", MODELS.join(", ")),
+                    reason,
                 });
             }
             o.model = m.to_string();
@@ -339,7 +356,7 @@ impl JobsApi {
     }
 
     /// Options for a job given as operations.
-    fn pipeline_options(form: &UploadForm) -> Result<JobOptions, WebError> {
+    fn pipeline_options(&self, form: &UploadForm) -> Result<JobOptions, WebError> {
         let plain = [
             ("model", form.model.is_some()),
             ("format", form.format.is_some()),
@@ -353,8 +370,8 @@ impl JobsApi {
                 reason: "give it as an operation (e.g. remove_background:model=u2net) when op fields are used".into(),
             });
         }
-        let models: Vec<String> = MODELS.iter().map(|m| m.to_string()).collect();
-        let pipeline = Pipeline::parse(&form.op, &models).map_err(WebError::InvalidPipeline)?;
+        let pipeline =
+            Pipeline::parse(&form.op, &self.models).map_err(WebError::InvalidPipeline)?;
         let mut o = JobOptions {
             format: pipeline.format(),
             ..JobOptions::default()
@@ -458,7 +475,7 @@ impl JobsApi {
                 .into());
             }
         }
-        let options = Self::options(&form)?;
+        let options = self.options(&form)?;
         let explicit_name = form.name.as_deref().and_then(clean_name);
         let (file_name, data) = read_upload(form.file, self.limits.max_bytes).await?;
         let checked = check_image(&data, &self.limits)?;

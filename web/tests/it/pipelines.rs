@@ -261,3 +261,35 @@ async fn a_pipeline_whose_plan_breaks_a_limit_is_a_422_and_nothing_is_stored() {
     let (status, body) = upload_file_ops(&app, &c, png_bytes(1, 200), &["resize:width=50"]).await;
     assert_eq!(status, 201, "{body}");
 }
+
+#[tokio::test]
+async fn a_model_the_workers_do_not_load_is_refused_at_upload() {
+    // The default deployment loads u2netp only: u2net and isnet are known, not installed.
+    let app = spawn_app(&[]).await;
+    let c = browser();
+    let (status, body) = upload_ops(&app, &c, &[], &[("model", "u2net")]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_option");
+    assert!(
+        body["message"].as_str().unwrap().contains("not installed"),
+        "{body}"
+    );
+    let (status, body) = upload_ops(&app, &c, &["remove_background:model=isnet"], &[]).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_parameter")),
+        "{body}"
+    );
+    assert_eq!(app.job_rows().await, 0);
+
+    // Where the workers load it, it is accepted.
+    let app = spawn_app(&[("BACKLESS_MODELS", "u2netp,isnet")]).await;
+    let (status, body) = upload_ops(&app, &c, &[], &[("model", "isnet")]).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["job"]["options"]["model"], "isnet");
+    // Where the default is not loaded, a job without a model gets the first that is.
+    let app = spawn_app(&[("BACKLESS_MODELS", "isnet")]).await;
+    let (status, body) = upload_ops(&app, &c, &[], &[]).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["job"]["options"]["model"], "isnet");
+}
