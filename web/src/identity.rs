@@ -9,6 +9,13 @@ use sha2::Sha256;
 
 pub const COOKIE_NAME: &str = "backless_client";
 
+/// The token of an `Authorization: Bearer <token>` header (a client token or an API key).
+pub fn bearer(req: &Request) -> Option<&str> {
+    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    auth.strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+}
+
 /// A verified client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientId(pub String);
@@ -68,12 +75,7 @@ impl Signer {
             Some(crate::keys::Presented::Unknown) => return None,
             None => {}
         }
-        if let Some(auth) = req.headers().get(header::AUTHORIZATION)
-            && let Ok(auth) = auth.to_str()
-            && let Some(token) = auth
-                .strip_prefix("Bearer ")
-                .or_else(|| auth.strip_prefix("bearer "))
-        {
+        if let Some(token) = bearer(req) {
             return self.verify(token);
         }
         req.headers()

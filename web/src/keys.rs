@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backless_common::db::{Db, DbError};
-use poem::http::header;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use sha2::{Digest, Sha256};
 
@@ -137,11 +136,7 @@ fn presented_key<'a>(req: &'a Request, signer: &Signer) -> Option<&'a str> {
     if let Some(v) = req.headers().get("X-Api-Key") {
         return Some(v.to_str().unwrap_or("").trim());
     }
-    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = auth
-        .strip_prefix("Bearer ")
-        .or_else(|| auth.strip_prefix("bearer "))?
-        .trim();
+    let token = crate::identity::bearer(req)?.trim();
     signer.verify(token).is_none().then_some(token)
 }
 
@@ -307,6 +302,7 @@ pub async fn command(config: &crate::WebConfig, args: &[String]) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use poem::http::header;
 
     #[test]
     fn keys_are_random_and_hashed() {

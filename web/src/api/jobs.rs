@@ -372,27 +372,7 @@ impl JobsApi {
         }
         let pipeline =
             Pipeline::parse(&form.op, &self.models).map_err(WebError::InvalidPipeline)?;
-        let mut o = JobOptions {
-            format: pipeline.format(),
-            ..JobOptions::default()
-        };
-        if let Some(Operation::RemoveBackground {
-            model,
-            mask_only,
-            bg_color,
-            ..
-        }) = pipeline.operations().first()
-        {
-            o.model = model.clone();
-            o.mask_only = *mask_only;
-            o.bg_color = bg_color.clone();
-        }
-        o.crop = pipeline
-            .operations()
-            .iter()
-            .any(|op| matches!(op, Operation::CropToSubject { .. }));
-        o.pipeline = Some(pipeline);
-        Ok(o)
+        Ok(options_for(pipeline))
     }
 
     /// Whether the client, or its address, already holds more than it may, this job included
@@ -439,6 +419,32 @@ impl JobsApi {
                 e => e.into(),
             })
     }
+}
+
+/// A job's options when it is given as a pipeline: the summary fields (model, format, mask, colour,
+/// crop) read from the pipeline itself, so they cannot disagree with what runs.
+pub fn options_for(pipeline: Pipeline) -> JobOptions {
+    let mut o = JobOptions {
+        format: pipeline.format(),
+        ..JobOptions::default()
+    };
+    if let Some(Operation::RemoveBackground {
+        model,
+        mask_only,
+        bg_color,
+        ..
+    }) = pipeline.operations().first()
+    {
+        o.model = model.clone();
+        o.mask_only = *mask_only;
+        o.bg_color = bg_color.clone();
+    }
+    o.crop = pipeline
+        .operations()
+        .iter()
+        .any(|op| matches!(op, Operation::CropToSubject { .. }));
+    o.pipeline = Some(pipeline);
+    o
 }
 
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Jobs")]

@@ -16,7 +16,7 @@ pub mod params;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use backless_common::db::{JobOptions, NewJob, new_job_id};
+use backless_common::db::{NewJob, new_job_id};
 use backless_common::events::JobEvent;
 use backless_common::limits::ImageLimits;
 use base64::Engine;
@@ -456,7 +456,7 @@ impl Drop for Cleanup {
     }
 }
 
-/// The image answer, with remove.bg's headers.
+/// The answer, with remove.bg's headers: the image, or JSON carrying it.
 pub struct ImageReply {
     content_type: String,
     width: u32,
@@ -619,7 +619,7 @@ impl RemoveBgApi {
         mut job: backless_common::db::Job,
         data: Bytes,
         cleanup: &mut Cleanup,
-    ) -> Reply<ImageOrJson> {
+    ) -> Reply<ImageReply> {
         let shared = &self.shared;
         let id = job.id.clone();
         // Subscribed before the job can run, so its end cannot be missed.
@@ -652,14 +652,16 @@ impl RemoveBgApi {
             let (width, height) = dimensions(&bytes).unwrap_or((0, 0));
             cleanup.refund = None;
             cleanup.settle().await;
-            return Ok(ImageOrJson::Json {
+            let json = ResultJson {
+                data: ResultData {
+                    result_b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                },
+            };
+            return Ok(ImageReply {
+                content_type: "application/json".into(),
                 width,
                 height,
-                body: ResultJson {
-                    data: ResultData {
-                        result_b64: base64::engine::general_purpose::STANDARD.encode(&bytes),
-                    },
-                },
+                body: Body::from_string(poem_openapi::types::ToJSON::to_json_string(&json)),
             });
         }
         // Streamed as stored; the header is read from the first chunks for X-Width/X-Height.
@@ -692,12 +694,12 @@ impl RemoveBgApi {
             chunk.map_err(|e| std::io::Error::other(e.to_string()))
         });
         let stream = stream::once(async move { Ok(Bytes::from(prefix)) }).chain(rest);
-        Ok(ImageOrJson::Image(ImageReply {
+        Ok(ImageReply {
             content_type,
             width,
             height,
             body: Body::from_bytes_stream(stream),
-        }))
+        })
     }
 }
 
@@ -713,7 +715,7 @@ impl RemoveBgApi {
         #[oai(name = "X-Api-Key")]
         _api_key: poem_openapi::param::Header<Option<String>>,
         body: RemoveBgBody,
-    ) -> Reply<ImageOrJson> {
+    ) -> Reply<ImageReply> {
         let key = Self::key(req)?;
         let (fields, source) = body.split()?;
         let params = Params::from_fields(&fields)?;
@@ -733,14 +735,7 @@ impl RemoveBgApi {
         let charge = Charge::take(&shared.db, &key, self.api.max_live_per_key).await?;
         let id = new_job_id();
         tracing::Span::current().record("job_id", id.as_str());
-        let options = JobOptions {
-            format: pipeline.format(),
-            model: self.model.clone(),
-            mask_only: params.alpha_only,
-            bg_color: params.bg_color.clone(),
-            crop: params.crop,
-            pipeline: Some(pipeline),
-        };
+        let options = crate::api::jobs::options_for(pipeline);
         let inserted = shared
             .db
             .insert(NewJob {
@@ -812,45 +807,5 @@ impl RemoveBgApi {
                 },
             },
         })))
-    }
-}
-
-/// The answer: the image, or JSON carrying it.
-pub enum ImageOrJson {
-    Image(ImageReply),
-    Json {
-        width: u32,
-        height: u32,
-        body: ResultJson,
-    },
-}
-
-impl IntoResponse for ImageOrJson {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Image(i) => i.into_response(),
-            Self::Json {
-                width,
-                height,
-                body,
-            } => Response::builder()
-                .content_type("application/json")
-                .header(header::CACHE_CONTROL, "private, no-store")
-                .header("X-Width", width)
-                .header("X-Height", height)
-                .header("X-Type", "other")
-                .header("X-Credits-Charged", "1")
-                .body(poem_openapi::types::ToJSON::to_json_string(&body)),
-        }
-    }
-}
-
-impl ApiResponse for ImageOrJson {
-    fn meta() -> MetaResponses {
-        ImageReply::meta()
-    }
-
-    fn register(registry: &mut Registry) {
-        ImageReply::register(registry);
     }
 }

@@ -46,6 +46,25 @@ async fn finish_when_stored(app: &TestApp, owner: &str) -> String {
     id
 }
 
+/// `GET /v1.0/account` with `key`: (status, body).
+async fn account(app: &TestApp, key: &str) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .get(app.url("/v1.0/account"))
+        .header("X-Api-Key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// The credits `key` has left today, as `/v1.0/account` reports them.
+async fn credits_left(app: &TestApp, key: &str) -> serde_json::Value {
+    let (status, body) = account(app, key).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["attributes"]["credits"]["total"].clone()
+}
+
 fn file_form(data: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::multipart::Form {
     let mut form = reqwest::multipart::Form::new().part(
         "image_file",
@@ -174,29 +193,19 @@ async fn keys_are_required_checked_and_counted() {
         (403, "auth_failed".into())
     );
     // The account shows one credit; a job spends it; the next request is 402.
-    let account = |key: &'static str| {
-        c.get(app.url("/v1.0/account"))
-            .header("X-Api-Key", key)
-            .send()
-    };
-    let a: serde_json::Value = account(KEY).await.unwrap().json().await.unwrap();
+    let (_, a) = account(&app, KEY).await;
     assert_eq!(a["data"]["attributes"]["credits"]["total"], 1.0);
     assert_eq!(a["data"]["attributes"]["api"]["sizes"], "all");
     let (res, _) = tokio::join!(post(Some(KEY)), finish_when_stored(&app, "key:env:ci"));
     assert_eq!(res.unwrap().status(), 200);
-    let a: serde_json::Value = account(KEY).await.unwrap().json().await.unwrap();
-    assert_eq!(a["data"]["attributes"]["credits"]["total"], 0.0);
+    assert_eq!(credits_left(&app, KEY).await, 0.0);
     assert_eq!(
         error_of(post(Some(KEY)).await.unwrap()).await,
         (402, "insufficient_credits".into())
     );
     // Another key has its own quota.
-    let a: serde_json::Value = account(OTHER).await.unwrap().json().await.unwrap();
-    assert_eq!(a["data"]["attributes"]["credits"]["total"], 1.0);
-    assert_eq!(
-        account("nope-0123456789abcdef").await.unwrap().status(),
-        403
-    );
+    assert_eq!(credits_left(&app, OTHER).await, 1.0);
+    assert_eq!(account(&app, "nope-0123456789abcdef").await.0, 403);
 }
 
 #[tokio::test]
@@ -228,16 +237,7 @@ async fn a_failed_job_is_an_error_and_costs_nothing() {
         error_of(res.unwrap()).await,
         (400, "invalid_file_type".into())
     );
-    let a: serde_json::Value = c
-        .get(app.url("/v1.0/account"))
-        .header("X-Api-Key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(a["data"]["attributes"]["credits"]["total"], 1.0, "refunded");
+    assert_eq!(credits_left(&app, KEY).await, 1.0, "refunded");
     assert!(
         eventually(Duration::from_secs(5), || async {
             app.job_rows().await == 0
