@@ -57,6 +57,12 @@ pub fn original_key(job_id: &str) -> String {
     format!("originals/{job_id}")
 }
 
+/// Key of a job's background image (remove.bg's `bg_image_file` / `bg_image_url`), which the
+/// `backdrop` operation paints behind the subject.
+pub fn background_key(job_id: &str) -> String {
+    format!("backgrounds/{job_id}")
+}
+
 /// Key of a job's result.
 pub fn result_key(job_id: &str) -> String {
     format!("results/{job_id}")
@@ -215,6 +221,7 @@ impl Storage {
     /// Delete everything stored for a job.
     pub async fn delete_job(&self, job_id: &str) -> Result<(), StorageError> {
         self.delete(&original_key(job_id)).await?;
+        self.delete(&background_key(job_id)).await?;
         self.delete(&result_key(job_id)).await
     }
 
@@ -231,8 +238,9 @@ impl Storage {
             .filter_map(|m| {
                 let key = m.location.to_string();
                 let (kind, id) = key.split_once('/')?;
-                (matches!(kind, "originals" | "results") && crate::db::is_valid_job_id(id))
-                    .then(|| id.to_string())
+                (matches!(kind, "originals" | "backgrounds" | "results")
+                    && crate::db::is_valid_job_id(id))
+                .then(|| id.to_string())
             })
             .collect();
         ids.sort();
@@ -347,11 +355,17 @@ mod tests {
         s.put_result("abc", Bytes::from_static(b"res"))
             .await
             .unwrap();
+        s.put(&background_key("abc"), Bytes::from_static(b"bg"))
+            .await
+            .unwrap();
         assert_eq!(s.get_original("abc").await.unwrap(), &b"orig"[..]);
         assert!(root.join("originals/abc").is_file());
         let mut keys = s.list_keys().await.unwrap();
         keys.sort();
-        assert_eq!(keys, vec!["originals/abc", "results/abc"]);
+        assert_eq!(
+            keys,
+            vec!["backgrounds/abc", "originals/abc", "results/abc"]
+        );
         let streamed = s.get_stream("originals/abc").await.unwrap();
         assert_eq!(streamed.size, 4);
         let chunks: Vec<Bytes> = streamed.body.try_collect().await.unwrap();

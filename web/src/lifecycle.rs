@@ -252,9 +252,16 @@ impl Shared {
         &self,
         job: &mut backless_common::db::Job,
         data: bytes::Bytes,
+        background: Option<bytes::Bytes>,
     ) -> Result<(), WebError> {
         let size = data.len() as u64;
         let stored = async {
+            // The background first: once the original is marked stored, the outbox may queue
+            // the job.
+            if let Some(bg) = background {
+                let key = backless_common::storage::background_key(&job.id);
+                self.storage.put(&key, bg).await?;
+            }
             self.storage.put_original(&job.id, data).await?;
             if !self.db.mark_stored(&job.id, size).await? {
                 // Deleted meanwhile (it was never listed): what was just stored goes too.

@@ -18,6 +18,8 @@ const LABELS = {
   segmenting: 'Finding the subject',
   compositing: 'Removing the background',
   cropping: 'Cropping to the subject',
+  placing: 'Placing the subject',
+  painting: 'Painting the background image',
   resizing: 'Resizing',
   thumbnailing: 'Making the thumbnail',
   watermarking: 'Adding the watermark',

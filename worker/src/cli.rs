@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use backless_common::job::Pipeline;
+use backless_common::job::{Margin, Pipeline};
 use backless_common::limits::ImageLimits;
 use clap::{Args, Parser, Subcommand};
 
@@ -116,9 +116,10 @@ pub struct RemoveArgs {
     /// Alpha above which a pixel counts as subject when cropping.
     #[arg(long, default_value_t = Crop::default().threshold)]
     pub crop_threshold: u8,
-    /// Pixels kept around the subject when cropping.
-    #[arg(long, default_value_t = 0)]
-    pub crop_margin: u32,
+    /// Space kept around the subject when cropping: pixels or a percentage of the subject,
+    /// one, two or four values (`30`, `10%`, `"10% 20"`).
+    #[arg(long, default_value = "0")]
+    pub crop_margin: Margin,
     /// Keep the photo's colours at soft edges instead of estimating the subject's own (which
     /// removes the old background's halo).
     #[arg(long)]
@@ -147,6 +148,9 @@ pub struct ProcessArgs {
     /// Largest accepted image, in megapixels.
     #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
     pub max_megapixels: f64,
+    /// The image `--op backdrop` paints behind every cut-out.
+    #[arg(long)]
+    pub background: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,11 +308,20 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let limits = limits(args.max_megapixels);
+    let background = match (&args.background, pipeline.needs_background()) {
+        (Some(path), true) => Some(anyhow::Context::with_context(std::fs::read(path), || {
+            format!("reading {}", path.display())
+        })?),
+        (None, true) => anyhow::bail!("--op backdrop needs --background FILE"),
+        (Some(_), false) => anyhow::bail!("--background is for --op backdrop"),
+        (None, false) => None,
+    };
     let files = collect_inputs(&args.inputs, pipeline.format().extension());
     batch(&files, &args.output, |bytes| {
         let out = crate::ops::run(
             pipeline.operations(),
             bytes,
+            background.as_deref(),
             &limits,
             segmenter.as_ref(),
             |_| {},

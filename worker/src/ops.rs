@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use backless_common::db::OutputFormat;
 use backless_common::job::plan::{resize_dimensions, thumbnail_dimensions};
-use backless_common::job::{FilterKind, Fit, Operation, Plan, Position, Size};
+use backless_common::job::{FilterKind, Fit, Operation, Plan, Position, Region, Size};
 use backless_common::limits::ImageLimits;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, GrayImage, Rgba, RgbaImage};
+use image::{DynamicImage, GrayImage, ImageFormat, Rgba, RgbaImage};
 
 use crate::model::Segmenter;
 use crate::pipeline::{self, Crop, Output, OutputOptions, PipelineError, Rgb};
@@ -34,10 +34,14 @@ pub enum Progress {
     Finished(usize, Duration),
 }
 
-/// The image between operations, and the subject mask once `remove_background` has run.
+/// The image between operations, the subject mask once `remove_background` has run, and the
+/// colour of its background.
 pub struct Work {
     pub img: DynamicImage,
     pub mask: Option<GrayImage>,
+    /// The background's pixel in the image's layout: transparent for a cut-out, the painted
+    /// colour, or black for a mask.
+    pub background: [u8; 4],
 }
 
 impl Work {
@@ -46,6 +50,7 @@ impl Work {
         Self {
             img: eight_bit(img),
             mask: None,
+            background: [0; 4],
         }
     }
 }
@@ -57,6 +62,7 @@ impl Work {
 pub fn run(
     ops: &[Operation],
     bytes: &[u8],
+    background: Option<&[u8]>,
     limits: &ImageLimits,
     segmenter: Option<&Segmenter>,
     mut progress: impl FnMut(Progress),
@@ -72,7 +78,10 @@ pub fn run(
     for (i, op) in ops.iter().enumerate() {
         progress(Progress::Started(i));
         let t = Instant::now();
-        if let Some(bytes) = apply(&mut work, op, segmenter, &mut progress)? {
+        if let Operation::Backdrop = op {
+            let background = background.ok_or(PipelineError::BackgroundMissing)?;
+            backdrop(&mut work, background, limits)?;
+        } else if let Some(bytes) = apply(&mut work, op, segmenter, &mut progress)? {
             encoded = Some(bytes);
         }
         progress(Progress::Finished(i, t.elapsed()));
@@ -106,11 +115,15 @@ pub fn apply(
             mask_only,
             bg_color,
             decontaminate,
+            roi,
             ..
         } => {
             let seg = segmenter.ok_or(PipelineError::ModelMissing)?;
-            let mask = seg.mask(&work.img)?;
+            let mut mask = seg.mask(&work.img)?;
             progress(Progress::Segmented(t.elapsed()));
+            if let Some(roi) = roi {
+                keep_region(&mut mask, roi);
+            }
             let opts = OutputOptions {
                 format: OutputFormat::Png,
                 mask_only: *mask_only,
@@ -118,9 +131,20 @@ pub fn apply(
                 crop: None,
                 decontaminate: *decontaminate,
             };
+            work.background = match opts.bg_color {
+                Some(Rgb([r, g, b])) if !mask_only => [r, g, b, 255],
+                _ => [0; 4],
+            };
             let img = std::mem::replace(&mut work.img, DynamicImage::new_luma8(0, 0));
             work.img = pipeline::compose(img, &mask, &opts)?;
             work.mask = Some(mask);
+        }
+        // Needs the background image: see `run`.
+        Operation::Backdrop => return Err(PipelineError::BackgroundMissing),
+        Operation::Place { scale, position } => {
+            if let Some(mask) = work.mask.take() {
+                work.img = place(&work.img, &mask, work.background, *scale, *position)?;
+            }
         }
         Operation::CropToSubject { threshold, margin } => {
             let crop = Crop {
@@ -156,6 +180,92 @@ pub fn apply(
         }
     }
     Ok(None)
+}
+
+/// Paint `background` (an encoded image, decoded under `limits`) behind the cut-out: scaled to
+/// cover it and centred, as remove.bg does unless the sizes already match. The result is opaque
+/// RGB.
+fn backdrop(work: &mut Work, background: &[u8], limits: &ImageLimits) -> Result<(), PipelineError> {
+    let (w, h) = (work.img.width(), work.img.height());
+    let decoded = pipeline::decode_checked(background, limits, |_| Ok(()))
+        .map_err(|e| PipelineError::Background(Box::new(e)))?;
+    let bg = scale(&eight_bit(decoded), w, h, true)
+        .map_err(|e| PipelineError::Background(Box::new(e)))?
+        .into_rgb8();
+    let fg = std::mem::replace(&mut work.img, DynamicImage::new_luma8(0, 0)).into_rgba8();
+    let mut out = bg;
+    for (o, f) in out.pixels_mut().zip(fg.pixels()) {
+        let a = u32::from(f.0[3]);
+        for (v, c) in o.0.iter_mut().zip(f.0) {
+            *v = ((u32::from(c) * a + u32::from(*v) * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    work.img = DynamicImage::ImageRgb8(out);
+    work.mask = None;
+    work.background = [0; 4];
+    Ok(())
+}
+
+/// Clear the mask outside `roi`: nothing there can be subject.
+fn keep_region(mask: &mut GrayImage, roi: &Region) {
+    let (x0, y0, x1, y1) = roi.resolve(mask.width(), mask.height());
+    for (x, y, p) in mask.enumerate_pixels_mut() {
+        if !(x0..x1).contains(&x) || !(y0..y1).contains(&y) {
+            p.0[0] = 0;
+        }
+    }
+}
+
+/// `img` with its subject (the box of `mask` above the crop threshold) scaled to fit in
+/// `scale` percent of the image and moved to `position` (percentages of the free space; centred
+/// when only scaled, kept where it was when not given), on a canvas of `background`.
+fn place(
+    img: &DynamicImage,
+    mask: &GrayImage,
+    background: [u8; 4],
+    scale: Option<f32>,
+    position: Option<[f32; 2]>,
+) -> Result<DynamicImage, PipelineError> {
+    let Some((bx, by, bw, bh)) = pipeline::subject_box(mask, &Crop::default()) else {
+        return Ok(img.clone());
+    };
+    let (w, h) = (img.width(), img.height());
+    let (nw, nh) = match scale {
+        None => (bw, bh),
+        Some(s) => {
+            let s = f64::from(s) / 100.0;
+            let f = (s * f64::from(w) / f64::from(bw)).min(s * f64::from(h) / f64::from(bh));
+            // At most the image's sides: the subject's box times the smaller of the two ratios.
+            let side = |v: u32, max: u32| ((f64::from(v) * f).round() as u32).clamp(1, max);
+            (side(bw, w), side(bh, h))
+        }
+    };
+    let [px, py] = position.unwrap_or(if scale.is_some() {
+        [50.0, 50.0]
+    } else {
+        // Where it was: the same share of the free space on each side.
+        let share = |at: u32, free: u32| match free {
+            0 => 50.0,
+            f => at as f32 * 100.0 / f as f32,
+        };
+        [share(bx, w - bw), share(by, h - bh)]
+    });
+    let at = |free: u32, p: f32| (f64::from(free) * f64::from(p) / 100.0).round() as i64;
+    let (x, y) = (at(w - nw, px), at(h - nh, py));
+    let subject = self::scale(&img.crop_imm(bx, by, bw, bh), nw, nh, false)?;
+    let mut canvas = match img {
+        DynamicImage::ImageLuma8(_) => {
+            DynamicImage::ImageLuma8(GrayImage::from_pixel(w, h, image::Luma([background[0]])))
+        }
+        DynamicImage::ImageRgb8(_) => DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            w,
+            h,
+            image::Rgb([background[0], background[1], background[2]]),
+        )),
+        _ => DynamicImage::ImageRgba8(RgbaImage::from_pixel(w, h, Rgba(background))),
+    };
+    image::imageops::replace(&mut canvas, &subject, x, y);
+    Ok(canvas)
 }
 
 /// 8-bit pixels in one of the four layouts the operations handle.
@@ -480,19 +590,40 @@ fn has_transparency(img: &DynamicImage) -> bool {
     }
 }
 
-/// Encode (no metadata is ever written). JPEG refuses transparent pixels; an opaque alpha
-/// channel is dropped.
+/// Encode (no metadata is ever written). Fully transparent pixels are written with colour 0 in
+/// every format that keeps alpha (see [`pipeline::clear_hidden_colour`]; the image is copied
+/// only when it still has such colours). WebP is lossless. JPEG refuses transparent pixels (an
+/// opaque alpha channel is dropped); a zip carries the alpha as its own matte.
 pub fn encode(
     img: &DynamicImage,
     format: OutputFormat,
     quality: Option<u8>,
 ) -> Result<Vec<u8>, PipelineError> {
-    if format != OutputFormat::Jpeg {
-        return pipeline::encode(img, format);
-    }
-    if has_transparency(img) {
-        return Err(PipelineError::JpegNeedsBackground);
-    }
+    let cleared;
+    let img = if format.has_alpha() && pipeline::carries_hidden_colour(img) {
+        let mut copy = img.clone();
+        pipeline::clear_hidden_colour(&mut copy);
+        cleared = copy;
+        &cleared
+    } else {
+        img
+    };
+    let mut buf = Cursor::new(Vec::new());
+    let result = match format {
+        OutputFormat::Png => img.write_to(&mut buf, ImageFormat::Png),
+        OutputFormat::Webp => img.write_to(&mut buf, ImageFormat::WebP),
+        OutputFormat::Jpeg if has_transparency(img) => {
+            return Err(PipelineError::JpegNeedsBackground);
+        }
+        OutputFormat::Jpeg => return jpeg(img, quality),
+        OutputFormat::Zip => return zip_pair(img, quality),
+    };
+    result.map_err(PipelineError::Encode)?;
+    Ok(buf.into_inner())
+}
+
+/// The image's colour channels as JPEG (any alpha ignored).
+fn jpeg(img: &DynamicImage, quality: Option<u8>) -> Result<Vec<u8>, PipelineError> {
     let mut buf = Cursor::new(Vec::new());
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality.unwrap_or(90));
     let result = match img {
@@ -504,6 +635,42 @@ pub fn encode(
     };
     result.map_err(PipelineError::Encode)?;
     Ok(buf.into_inner())
+}
+
+/// remove.bg's zip: `color.jpg` (the colours; 0 where the image is fully transparent) and
+/// `alpha.png` (8-bit grey: the alpha channel, all white for an opaque image), stored
+/// uncompressed (both are compressed already), with no timestamps or other metadata.
+fn zip_pair(img: &DynamicImage, quality: Option<u8>) -> Result<Vec<u8>, PipelineError> {
+    use std::io::Write;
+    let alpha = match img {
+        DynamicImage::ImageLumaA8(b) => GrayImage::from_fn(b.width(), b.height(), |x, y| {
+            image::Luma([b.get_pixel(x, y).0[1]])
+        }),
+        DynamicImage::ImageRgba8(b) => GrayImage::from_fn(b.width(), b.height(), |x, y| {
+            image::Luma([b.get_pixel(x, y).0[3]])
+        }),
+        _ => GrayImage::from_pixel(img.width(), img.height(), image::Luma([255])),
+    };
+    let files = [
+        ("color.jpg", jpeg(img, quality)?),
+        (
+            "alpha.png",
+            encode(&DynamicImage::ImageLuma8(alpha), OutputFormat::Png, None)?,
+        ),
+    ];
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "writing the zip failed");
+        PipelineError::Operation("the zip could not be written".into())
+    };
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default());
+    for (name, bytes) in files {
+        zip.start_file(name, options).map_err(|e| failed(&e))?;
+        zip.write_all(&bytes).map_err(|e| failed(&e))?;
+    }
+    Ok(zip.finish().map_err(|e| failed(&e))?.into_inner())
 }
 
 #[cfg(test)]
@@ -523,7 +690,22 @@ mod tests {
     }
 
     fn png(img: &DynamicImage) -> Vec<u8> {
-        pipeline::encode(img, OutputFormat::Png).unwrap()
+        encode(img, OutputFormat::Png, None).unwrap()
+    }
+
+    /// `ops` on `img`, for outputs that are not one image.
+    fn run_ops_raw(img: &DynamicImage, ops: &[&str]) -> Output {
+        let models: Vec<String> = vec!["u2netp".into()];
+        let pipeline = backless_common::job::Pipeline::parse(ops, &models).unwrap();
+        run(
+            pipeline.operations(),
+            &png(img),
+            None,
+            &ImageLimits::default(),
+            None,
+            |_| {},
+        )
+        .unwrap()
     }
 
     fn run_ops(img: &DynamicImage, ops: &[&str]) -> Result<(Output, DynamicImage), PipelineError> {
@@ -532,6 +714,7 @@ mod tests {
         let out = run(
             pipeline.operations(),
             &png(img),
+            None,
             &ImageLimits::default(),
             None,
             |_| {},
@@ -788,6 +971,161 @@ mod tests {
         assert_eq!(webp.to_rgba8().get_pixel(3, 3).0[3], 100);
         let opaque = DynamicImage::ImageRgba8(RgbaImage::from_pixel(8, 8, Rgba([1, 2, 3, 255])));
         assert!(run_ops(&opaque, &["encode:format=jpeg"]).is_ok());
+    }
+
+    /// A 100x50 cut-out with a 10x10 opaque red subject at (20, 10), and its mask.
+    fn cut_out() -> (DynamicImage, GrayImage) {
+        let inside = |x: u32, y: u32| (20..30).contains(&x) && (10..20).contains(&y);
+        let img = RgbaImage::from_fn(100, 50, |x, y| match inside(x, y) {
+            true => Rgba([200, 0, 0, 255]),
+            false => Rgba([0; 4]),
+        });
+        let mask = GrayImage::from_fn(100, 50, |x, y| {
+            image::Luma([if inside(x, y) { 255 } else { 0 }])
+        });
+        (DynamicImage::ImageRgba8(img), mask)
+    }
+
+    /// The box of pixels with alpha (or, opaque images, red) above 128.
+    fn opaque_box(img: &DynamicImage) -> (u32, u32, u32, u32) {
+        let rgba = img.to_rgba8();
+        let mask = GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            let p = rgba.get_pixel(x, y).0;
+            image::Luma([if p[3] == 255 && p[0] > 128 && p[1] < 128 {
+                255
+            } else {
+                0
+            }])
+        });
+        pipeline::subject_box(&mask, &Crop::default()).unwrap()
+    }
+
+    #[test]
+    fn place_scales_and_moves_the_subject_on_its_background() {
+        let (img, mask) = cut_out();
+        // 50%: the 10x10 box fits in 50x25, so it becomes 25x25, centred.
+        let out = place(&img, &mask, [0; 4], Some(50.0), None).unwrap();
+        assert_eq!((out.width(), out.height()), (100, 50));
+        let (x, y, w, h) = opaque_box(&out);
+        assert!((24..=26).contains(&w) && (24..=26).contains(&h), "{w}x{h}");
+        assert!(
+            (x as i32 - 37).abs() <= 1 && (y as i32 - 12).abs() <= 1,
+            "at {x},{y}"
+        );
+        assert_eq!(
+            out.to_rgba8().get_pixel(0, 0).0,
+            [0; 4],
+            "the rest stays transparent"
+        );
+        // Position alone: bottom right, same size.
+        let out = place(&img, &mask, [0; 4], None, Some([100.0, 100.0])).unwrap();
+        assert_eq!(opaque_box(&out), (90, 40, 10, 10));
+        // On a painted background the uncovered area is that colour.
+        let painted = DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(img.to_rgba8()).to_rgb8());
+        let out = place(&painted, &mask, [0, 0, 255, 255], None, Some([0.0, 0.0])).unwrap();
+        assert!(matches!(out, DynamicImage::ImageRgb8(_)));
+        assert_eq!(out.to_rgb8().get_pixel(99, 49).0, [0, 0, 255]);
+        assert_eq!(out.to_rgb8().get_pixel(5, 5).0, [200, 0, 0]);
+        // No subject: unchanged.
+        let empty = GrayImage::new(100, 50);
+        assert_eq!(place(&img, &empty, [0; 4], Some(50.0), None).unwrap(), img);
+    }
+
+    #[test]
+    fn backdrop_paints_the_background_image_behind_the_cut_out() {
+        let (img, _) = cut_out();
+        // On the cut-out directly: a pipeline would need the model for remove_background.
+        let mut work = Work::new(img.clone());
+        // A background of another shape: left half green, right half blue, 40x10; covering a
+        // 100x50 canvas crops its sides, so the canvas's left edge is green, its right blue.
+        let bg = DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 10, |x, _| {
+            if x < 20 {
+                image::Rgb([0, 255, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        }));
+        backdrop(&mut work, &png(&bg), &ImageLimits::default()).unwrap();
+        let out = work.img.to_rgb8();
+        assert_eq!(out.dimensions(), (100, 50));
+        assert_eq!(out.get_pixel(25, 15).0, [200, 0, 0], "the subject");
+        assert_eq!(out.get_pixel(2, 40).0, [0, 255, 0]);
+        assert_eq!(out.get_pixel(97, 40).0, [0, 0, 255]);
+
+        // A background that is not an image is the job's fault, with its own code.
+        let mut work = Work::new(img);
+        let err = backdrop(&mut work, b"not an image", &ImageLimits::default()).unwrap_err();
+        assert_eq!(err.code(), "invalid_background");
+    }
+
+    #[test]
+    fn roi_clears_the_mask_outside_it() {
+        let mut mask = GrayImage::from_pixel(10, 4, image::Luma([255]));
+        keep_region(&mut mask, &"20% 0 50% 100%".parse().unwrap());
+        let row: Vec<u8> = (0..10).map(|x| mask.get_pixel(x, 2).0[0]).collect();
+        assert_eq!(row, [0, 0, 255, 255, 255, 0, 0, 0, 0, 0]);
+    }
+
+    /// The files of a zip, by name.
+    fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        use std::io::Read;
+        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        (0..zip.len())
+            .map(|i| {
+                let mut file = zip.by_index(i).unwrap();
+                let name = file.name().unwrap().to_string();
+                let mut data = Vec::new();
+                file.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn zip_holds_a_colour_jpeg_and_the_alpha_matte_and_no_hidden_colour() {
+        // Left half opaque red, right half fully transparent over a saturated green that
+        // must not survive, one soft column between.
+        let img = DynamicImage::ImageRgba8(RgbaImage::from_fn(32, 16, |x, _| match x {
+            0..15 => Rgba([220, 30, 30, 255]),
+            15 => Rgba([220, 30, 30, 128]),
+            _ => Rgba([0, 255, 0, 0]),
+        }));
+        let out = run_ops_raw(&img, &["thumbnail:size=32", "encode:format=zip,quality=95"]);
+        assert_eq!(out.content_type, "application/zip");
+        assert_eq!((out.width, out.height), (32, 16));
+        let files = unzip(&out.bytes);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["color.jpg", "alpha.png"]);
+        let colour = image::load_from_memory_with_format(&files[0].1, ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8();
+        let alpha = image::load_from_memory_with_format(&files[1].1, ImageFormat::Png).unwrap();
+        assert!(
+            matches!(alpha, DynamicImage::ImageLuma8(_)),
+            "an 8-bit grey matte"
+        );
+        let alpha = alpha.to_luma8();
+        assert_eq!(
+            (colour.dimensions(), alpha.dimensions()),
+            ((32, 16), (32, 16))
+        );
+        for (x, a) in [(0, 255), (15, 128), (31, 0)] {
+            assert_eq!(alpha.get_pixel(x, 8).0[0], a, "alpha at x={x}");
+        }
+        let [r, g, _] = colour.get_pixel(4, 8).0;
+        assert!(r > 200 && g < 60, "subject colour kept: {r} {g}");
+        let [r, g, b] = colour.get_pixel(28, 8).0;
+        assert!(
+            r.max(g).max(b) < 8,
+            "no background colour under alpha 0: {r} {g} {b}"
+        );
+
+        // An opaque image gets an all-white matte.
+        let out = run_ops_raw(&photo(20, 10), &["encode:format=zip"]);
+        let alpha = image::load_from_memory(&unzip(&out.bytes)[1].1)
+            .unwrap()
+            .to_luma8();
+        assert!(alpha.pixels().all(|p| p.0[0] == 255));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use backless_common::db::OutputFormat;
-use backless_common::job::{PlanError, Size};
+use backless_common::job::{Margin, PlanError, Size};
 use backless_common::limits::{ImageLimits, LimitError};
 use candle_core::Tensor;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, RgbaImage};
@@ -45,6 +45,10 @@ pub enum PipelineError {
     ModelMissing,
     #[error("{0}")]
     Operation(String),
+    #[error("backdrop needs a background image, and the job has none")]
+    BackgroundMissing,
+    #[error("the background image: {0}")]
+    Background(Box<PipelineError>),
 }
 
 impl PipelineError {
@@ -61,6 +65,8 @@ impl PipelineError {
             PipelineError::Model(_) => "model_failed",
             PipelineError::ModelMissing => "model_unavailable",
             PipelineError::Operation(_) => "operation_failed",
+            PipelineError::BackgroundMissing => "background_missing",
+            PipelineError::Background(_) => "invalid_background",
         }
     }
 
@@ -113,11 +119,11 @@ impl From<Rgb> for String {
 }
 
 /// Crop the result to the subject: the bounding box of alpha above `threshold`, grown by
-/// `margin` pixels on each side (clamped to the image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `margin` on each side (clamped to the image).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Crop {
     pub threshold: u8,
-    pub margin: u32,
+    pub margin: Margin,
 }
 
 impl Default for Crop {
@@ -125,13 +131,13 @@ impl Default for Crop {
         // Edges keep alpha 1-2 after resampling; 10/255 ignores that haze.
         Self {
             threshold: 10,
-            margin: 0,
+            margin: Margin::px(0),
         }
     }
 }
 
 /// What the user asked to get back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OutputOptions {
     pub format: OutputFormat,
     /// Return the mask alone, as a grayscale image.
@@ -329,7 +335,8 @@ impl Segmenter {
     }
 }
 
-/// Bounding box `(x, y, w, h)` of mask values above `crop.threshold`, grown by the margin.
+/// Bounding box `(x, y, w, h)` of mask values above `crop.threshold`, grown by the margin
+/// (percentages of the subject's box) and clamped to the image.
 pub fn subject_box(mask: &GrayImage, crop: &Crop) -> Option<(u32, u32, u32, u32)> {
     let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
     for (x, y, p) in mask.enumerate_pixels() {
@@ -343,10 +350,11 @@ pub fn subject_box(mask: &GrayImage, crop: &Crop) -> Option<(u32, u32, u32, u32)
     if x0 == u32::MAX {
         return None;
     }
-    let x0 = x0.saturating_sub(crop.margin);
-    let y0 = y0.saturating_sub(crop.margin);
-    let x1 = x1.saturating_add(crop.margin).min(mask.width() - 1);
-    let y1 = y1.saturating_add(crop.margin).min(mask.height() - 1);
+    let [top, right, bottom, left] = crop.margin.resolve(x1 - x0 + 1, y1 - y0 + 1);
+    let x0 = x0.saturating_sub(left);
+    let y0 = y0.saturating_sub(top);
+    let x1 = x1.saturating_add(right).min(mask.width() - 1);
+    let y1 = y1.saturating_add(bottom).min(mask.height() - 1);
     Some((x0, y0, x1 - x0 + 1, y1 - y0 + 1))
 }
 
@@ -406,7 +414,7 @@ pub fn compose(
 }
 
 /// True when some fully transparent pixel still carries a colour.
-fn carries_hidden_colour(img: &DynamicImage) -> bool {
+pub fn carries_hidden_colour(img: &DynamicImage) -> bool {
     match img {
         DynamicImage::ImageLumaA8(b) => b.pixels().any(|p| p.0[1] == 0 && p.0[0] != 0),
         DynamicImage::ImageRgba8(b) => b.pixels().any(|p| p.0[3] == 0 && p.0 != [0; 4]),
@@ -431,35 +439,6 @@ pub fn clear_hidden_colour(img: &mut DynamicImage) {
     }
 }
 
-/// Encode in the requested format (WebP is lossless; metadata is never copied). Fully
-/// transparent pixels are written with colour 0 (see [`clear_hidden_colour`]; the image is
-/// copied only when it still has such colours).
-pub fn encode(img: &DynamicImage, format: OutputFormat) -> Result<Vec<u8>, PipelineError> {
-    let cleared;
-    let img = if format != OutputFormat::Jpeg && carries_hidden_colour(img) {
-        let mut copy = img.clone();
-        clear_hidden_colour(&mut copy);
-        cleared = copy;
-        &cleared
-    } else {
-        img
-    };
-    let mut buf = Cursor::new(Vec::new());
-    let result = match format {
-        OutputFormat::Png => img.write_to(&mut buf, ImageFormat::Png),
-        OutputFormat::Webp => img.write_to(&mut buf, ImageFormat::WebP),
-        OutputFormat::Jpeg => {
-            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90);
-            match img {
-                DynamicImage::ImageLuma8(_) => img.write_with_encoder(enc),
-                _ => DynamicImage::ImageRgb8(img.to_rgb8()).write_with_encoder(enc),
-            }
-        }
-    };
-    result.map_err(PipelineError::Encode)?;
-    Ok(buf.into_inner())
-}
-
 impl OutputOptions {
     /// These options as a pipeline for `model`.
     pub fn operations(&self, model: &str) -> Vec<Operation> {
@@ -468,6 +447,7 @@ impl OutputOptions {
             mask_only: self.mask_only,
             bg_color: self.bg_color.map(String::from),
             decontaminate: self.decontaminate,
+            roi: None,
         }];
         if let Some(c) = self.crop {
             ops.push(Operation::CropToSubject {
@@ -497,7 +477,7 @@ pub fn remove_background(
     }
     let ops = opts.operations(&segmenter.info.name);
     let mut segmented = Duration::ZERO;
-    crate::ops::run(&ops, bytes, limits, Some(segmenter), |p| match p {
+    crate::ops::run(&ops, bytes, None, limits, Some(segmenter), |p| match p {
         Progress::Decoded(took) => on_stage(Stage::Decoded, took),
         Progress::Segmented(took) => {
             segmented = took;
@@ -535,16 +515,23 @@ mod tests {
         m.put_pixel(19, 9, image::Luma([5])); // haze below the threshold
         let c = Crop {
             threshold: 10,
-            margin: 2,
+            margin: Margin::px(2),
         };
         assert_eq!(subject_box(&m, &c), Some((3, 1, 8, 8)));
         assert_eq!(subject_box(&GrayImage::new(4, 4), &c), None);
         // A margin past any image is clamped, never wrapped.
         let wide = Crop {
             threshold: 10,
-            margin: u32::MAX,
+            margin: "10000".parse().unwrap(),
         };
         assert_eq!(subject_box(&m, &wide), Some((0, 0, 20, 10)));
+        // Percentages of the subject (4 wide, 4 high): 50% is 2 on every side; top and bottom
+        // of its height, left and right of its width.
+        let half = Crop {
+            threshold: 10,
+            margin: "50% 25%".parse().unwrap(),
+        };
+        assert_eq!(subject_box(&m, &half), Some((4, 1, 6, 8)));
     }
 
     #[test]
@@ -562,7 +549,7 @@ mod tests {
         let hidden =
             DynamicImage::ImageRgba8(RgbaImage::from_pixel(3, 3, image::Rgba([9, 8, 7, 0])));
         for format in [OutputFormat::Png, OutputFormat::Webp] {
-            let back = image::load_from_memory(&encode(&hidden, format).unwrap())
+            let back = image::load_from_memory(&crate::ops::encode(&hidden, format, None).unwrap())
                 .unwrap()
                 .to_rgba8();
             assert!(back.pixels().all(|p| p.0 == [0; 4]), "{format:?}");
@@ -572,7 +559,9 @@ mod tests {
             2,
             image::LumaA([77, 0]),
         ));
-        let back = image::load_from_memory(&encode(&la, OutputFormat::Png).unwrap()).unwrap();
+        let back =
+            image::load_from_memory(&crate::ops::encode(&la, OutputFormat::Png, None).unwrap())
+                .unwrap();
         assert!(back.to_luma_alpha8().pixels().all(|p| p.0 == [0, 0]));
     }
 

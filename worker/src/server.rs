@@ -21,7 +21,7 @@ use backless_common::job::{MODELS, Pipeline};
 use backless_common::limits::ImageLimits;
 use backless_common::serve::Listener;
 use backless_common::startup::Backends;
-use backless_common::storage::{Storage, StorageError, result_key};
+use backless_common::storage::{Storage, StorageError, background_key, result_key};
 use poem::http::{HeaderMap, StatusCode};
 use poem::web::{Data, Json};
 use poem::{EndpointExt, IntoResponse, Response, Route, handler, post};
@@ -498,6 +498,21 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
             return retry(state, &job, "storage").await;
         }
     };
+    let background = if pipeline.needs_background() {
+        match state.storage.get(&background_key(job_id)).await {
+            Ok(bytes) => Some(bytes),
+            Err(StorageError::NotFound(_)) => {
+                let e = crate::pipeline::PipelineError::BackgroundMissing;
+                return fail(state, &job, e.code(), &e.to_string()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "storage unavailable");
+                return retry(state, &job, "storage").await;
+            }
+        }
+    } else {
+        None
+    };
     let Ok(_permit) = state.inference.acquire().await else {
         return retry(state, &job, "shutting down").await;
     };
@@ -511,9 +526,16 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
     let limits = state.limits;
     let ops = pipeline.operations().to_vec();
     let run = tokio::task::spawn_blocking(move || {
-        let out = ops::run(&ops, &original, &limits, segmenter.as_deref(), |p| {
-            let _ = progress_tx.send(p);
-        });
+        let out = ops::run(
+            &ops,
+            &original,
+            background.as_deref(),
+            &limits,
+            segmenter.as_deref(),
+            |p| {
+                let _ = progress_tx.send(p);
+            },
+        );
         drop(original);
         out
     });

@@ -5,7 +5,7 @@ use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use crate::job::{DEFAULT_MODEL, MODELS, OutputFormat, normalize_color};
-use crate::job::{Operation, Pipeline};
+use crate::job::{Margin, Operation, Pipeline};
 
 /// Where a job is in its life. `done` and `failed` are final.
 #[derive(
@@ -72,11 +72,12 @@ impl JobOptions {
             mask_only: self.mask_only,
             bg_color: self.bg_color.clone(),
             decontaminate: true,
+            roi: None,
         }];
         if self.crop {
             ops.push(Operation::CropToSubject {
                 threshold: 10,
-                margin: 0,
+                margin: Margin::px(0),
             });
         }
         ops.push(Operation::Encode {

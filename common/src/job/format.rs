@@ -10,6 +10,9 @@ pub enum OutputFormat {
     Png,
     Webp,
     Jpeg,
+    /// remove.bg's `zip`: `color.jpg` (the colours, without transparency) and `alpha.png` (the
+    /// alpha matte) in one archive.
+    Zip,
 }
 
 impl OutputFormat {
@@ -18,6 +21,7 @@ impl OutputFormat {
             Self::Png => "image/png",
             Self::Webp => "image/webp",
             Self::Jpeg => "image/jpeg",
+            Self::Zip => "application/zip",
         }
     }
 
@@ -26,6 +30,7 @@ impl OutputFormat {
             Self::Png => "png",
             Self::Webp => "webp",
             Self::Jpeg => "jpg",
+            Self::Zip => "zip",
         }
     }
 
@@ -35,7 +40,13 @@ impl OutputFormat {
             Self::Png => "png",
             Self::Webp => "webp",
             Self::Jpeg => "jpeg",
+            Self::Zip => "zip",
         }
+    }
+
+    /// Whether the format keeps transparency (JPEG has none; a zip carries it as its own matte).
+    pub fn has_alpha(self) -> bool {
+        self != Self::Jpeg
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -43,6 +54,7 @@ impl OutputFormat {
             "png" => Some(Self::Png),
             "webp" => Some(Self::Webp),
             "jpeg" | "jpg" => Some(Self::Jpeg),
+            "zip" => Some(Self::Zip),
             _ => None,
         }
     }
@@ -51,6 +63,6 @@ impl OutputFormat {
 impl std::str::FromStr for OutputFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s).ok_or_else(|| format!("unknown format {s:?}; use png, webp or jpeg"))
+        Self::parse(s).ok_or_else(|| format!("unknown format {s:?}; use png, webp, jpeg or zip"))
     }
 }

@@ -6,6 +6,7 @@
 
 mod colour;
 mod format;
+pub mod geometry;
 mod model;
 pub mod pipeline;
 pub mod plan;
@@ -13,6 +14,7 @@ mod stage;
 
 pub use colour::normalize_color;
 pub use format::OutputFormat;
+pub use geometry::{Length, Margin, Region, parse_position, parse_scale};
 pub use model::{DEFAULT_MODEL, MODELS};
 pub use pipeline::*;
 pub use plan::{Plan, PlanError, PlannedStage, Size, Step, stages};

@@ -9,12 +9,16 @@
 //!
 //! ```text
 //! remove_background:model=u2netp
+//! remove_background:roi=10% 0% 90% 100%
 //! crop_to_subject:margin=16
+//! crop_to_subject:margin=10% 5%
+//! place:scale=80%,position=center
 //! resize:width=800,fit=contain
 //! thumbnail:size=256
 //! watermark:text=© BackLess,position=bottom_right,opacity=0.5
 //! filter:blur=2.5
 //! encode:format=webp
+//! encode:format=zip,quality=85
 //! ```
 //!
 //! On the job record the pipeline is JSON (`{"op": "resize", "width": 800, ...}`).
@@ -26,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::colour::normalize_color;
 use super::format::OutputFormat;
+use super::geometry::{Margin, Region, parse_position, parse_scale};
 use super::model::DEFAULT_MODEL;
 
 /// Most operations one job may carry.
@@ -34,6 +39,8 @@ pub const MAX_OPERATIONS: usize = 8;
 pub const MAX_TARGET_SIDE: u32 = 10_000;
 /// Largest `thumbnail` size.
 pub const MAX_THUMBNAIL: u32 = 2_048;
+/// Smallest `place` scale, in percent of the image (remove.bg's).
+pub const MIN_PLACE_SCALE: f32 = 10.0;
 /// Longest watermark text, in characters.
 pub const MAX_WATERMARK_CHARS: usize = 100;
 
@@ -124,14 +131,34 @@ pub enum Operation {
         /// is left (on by default; `false` keeps the photo's colours under the mask).
         #[serde(default = "yes", skip_serializing_if = "is_yes")]
         decontaminate: bool,
+        /// Only this rectangle can be subject; everything outside it is background.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        roi: Option<Region>,
     },
     /// Crop to the subject's bounding box (needs `remove_background` before it).
     CropToSubject {
         /// Mask value above which a pixel is subject.
         threshold: u8,
-        /// Pixels kept around the subject.
-        margin: u32,
+        /// Space kept around the subject (clamped to the image).
+        margin: Margin,
     },
+    /// Scale and move the subject within the image (remove.bg's `scale` and `position`); the
+    /// image keeps its size and the uncovered area is background (needs `remove_background`
+    /// before it, with at most `crop_to_subject` between).
+    Place {
+        /// The subject's bounding box fits in this percentage (10 to 100) of the image's width
+        /// and height (it may grow); absent: its size is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale: Option<f32>,
+        /// Where the subject goes, as percentages (0 to 100) of the free space left of and
+        /// above it (50 50 centres it); absent: centred when scaled, else where it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<[f32; 2]>,
+    },
+    /// Paint the job's background image behind a cut-out, scaled to cover the image and
+    /// centred (remove.bg's `bg_image_file` / `bg_image_url`); the result is opaque. Needs a
+    /// transparent cut-out before it and a background image stored with the job.
+    Backdrop,
     /// Scale to `width` x `height` (give one side to keep the aspect ratio).
     Resize {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,7 +193,8 @@ pub enum Operation {
     /// Encode the result (last; PNG when a pipeline has none).
     Encode {
         format: OutputFormat,
-        /// JPEG quality, 1-100 (default 90). PNG and WebP are lossless and take none.
+        /// JPEG quality, 1-100 (default 90), for JPEG and a zip's `color.jpg`. PNG and WebP are
+        /// lossless and take none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quality: Option<u8>,
     },
@@ -178,6 +206,8 @@ impl Operation {
         match self {
             Operation::RemoveBackground { .. } => "remove_background",
             Operation::CropToSubject { .. } => "crop_to_subject",
+            Operation::Place { .. } => "place",
+            Operation::Backdrop => "backdrop",
             Operation::Resize { .. } => "resize",
             Operation::Thumbnail { .. } => "thumbnail",
             Operation::Watermark { .. } => "watermark",
@@ -207,7 +237,7 @@ fn is_yes(v: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpsError {
     #[error(
-        "unknown operation {0:?}; use remove_background, crop_to_subject, resize, thumbnail, watermark, filter or encode"
+        "unknown operation {0:?}; use remove_background, crop_to_subject, place, backdrop, resize, thumbnail, watermark, filter or encode"
     )]
     UnknownOperation(String),
     #[error("{op}: {message}")]
@@ -260,7 +290,8 @@ impl Pipeline {
         if !matches!(ops.last(), Some(Operation::Encode { .. })) {
             ops.push(Operation::png());
         }
-        let mut cut_out = false;
+        // Whether the subject's mask still matches the image (crop and place need it).
+        let mut masked = false;
         let mut transparent = false;
         let last = ops.len() - 1;
         for (i, op) in ops.iter().enumerate() {
@@ -276,13 +307,29 @@ impl Pipeline {
                             "remove_background must be the first operation (it segments the original photo)".into(),
                         ));
                     }
-                    cut_out = true;
+                    masked = true;
                     transparent = !mask_only && bg_color.is_none();
                 }
-                Operation::CropToSubject { .. } if !cut_out || i != 1 => {
+                Operation::CropToSubject { .. } if !masked => {
                     return Err(OpsError::BadOrder(
                         "crop_to_subject must come right after remove_background (it crops to the subject's mask)".into(),
                     ));
+                }
+                Operation::Place { .. } if !masked => {
+                    return Err(OpsError::BadOrder(
+                        "place must come right after remove_background or crop_to_subject (it moves the subject by its mask)".into(),
+                    ));
+                }
+                Operation::CropToSubject { .. } => {}
+                Operation::Place { .. } => masked = false,
+                Operation::Backdrop if !transparent => {
+                    return Err(OpsError::BadOrder(
+                        "backdrop paints behind a transparent cut-out: it needs remove_background (without mask_only or bg_color) before it, once".into(),
+                    ));
+                }
+                Operation::Backdrop => {
+                    masked = false;
+                    transparent = false;
                 }
                 Operation::Encode { format, .. } => {
                     if i != last {
@@ -294,7 +341,7 @@ impl Pipeline {
                         return Err(OpsError::JpegNeedsBackground);
                     }
                 }
-                _ => {}
+                _ => masked = false,
             }
         }
         Ok(Self(ops))
@@ -324,6 +371,11 @@ impl Pipeline {
             Operation::RemoveBackground { model, .. } => Some(model.as_str()),
             _ => None,
         })
+    }
+
+    /// Whether the job needs a background image stored with it (`backdrop`).
+    pub fn needs_background(&self) -> bool {
+        self.0.iter().any(|op| matches!(op, Operation::Backdrop))
     }
 
     /// The output format (from the final `encode`).
@@ -373,10 +425,25 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
                 return bad(format!("bg_color {c:?} must be #rrggbb"));
             }
         }
-        Operation::CropToSubject { margin, .. } => {
-            if *margin > MAX_TARGET_SIDE {
+        // Margins and regions are checked as they are parsed or read.
+        Operation::CropToSubject { .. } | Operation::Backdrop => {}
+        Operation::Place { scale, position } => {
+            if scale.is_none() && position.is_none() {
+                return bad("give scale, position or both".into());
+            }
+            if let Some(s) = scale
+                && !(s.is_finite() && (MIN_PLACE_SCALE..=100.0).contains(s))
+            {
                 return bad(format!(
-                    "margin must be 0 to {MAX_TARGET_SIDE} pixels, not {margin}"
+                    "scale must be {MIN_PLACE_SCALE}% to 100%, not {s}%"
+                ));
+            }
+            if let Some(p) = position
+                && !p.iter().all(|v| v.is_finite() && (0.0..=100.0).contains(v))
+            {
+                return bad(format!(
+                    "position must be 0% to 100% across and down, not {}% {}%",
+                    p[0], p[1]
                 ));
             }
         }
@@ -437,11 +504,13 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
             }
         },
         Operation::Encode { format, quality } => match (format, quality) {
-            (OutputFormat::Jpeg, Some(q)) if !(1..=100).contains(q) => {
+            (OutputFormat::Jpeg | OutputFormat::Zip, Some(q)) if !(1..=100).contains(q) => {
                 return bad(format!("quality must be 1 to 100, not {q}"));
             }
             (OutputFormat::Png | OutputFormat::Webp, Some(_)) => {
-                return bad("quality applies to JPEG only (PNG and WebP are lossless)".into());
+                return bad(
+                    "quality applies to JPEG and zip only (PNG and WebP are lossless)".into(),
+                );
             }
             _ => {}
         },
@@ -581,11 +650,38 @@ impl FromStr for Operation {
                     None => None,
                 },
                 decontaminate: p.take("decontaminate", "true or false")?.unwrap_or(true),
+                roi: p
+                    .text("roi")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|e| OpsError::bad(name, format!("roi {e}")))
+                    })
+                    .transpose()?,
             },
             "crop_to_subject" => Operation::CropToSubject {
                 threshold: p.take("threshold", "0 to 255")?.unwrap_or(10),
-                margin: p.take("margin", "a number of pixels")?.unwrap_or(0),
+                margin: p
+                    .text("margin")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|e| OpsError::bad(name, format!("margin {e}")))
+                    })
+                    .transpose()?
+                    .unwrap_or_default(),
             },
+            "place" => Operation::Place {
+                scale: p
+                    .text("scale")
+                    .map(|v| parse_scale(&v).map_err(|e| OpsError::bad(name, e)))
+                    .transpose()?
+                    .flatten(),
+                position: p
+                    .text("position")
+                    .map(|v| parse_position(&v).map_err(|e| OpsError::bad(name, e)))
+                    .transpose()?
+                    .flatten(),
+            },
+            "backdrop" => Operation::Backdrop,
             "resize" => Operation::Resize {
                 width: p.take("width", "a number of pixels")?,
                 height: p.take("height", "a number of pixels")?,
@@ -619,7 +715,10 @@ impl FromStr for Operation {
                         .text("format")
                         .ok_or_else(|| OpsError::bad(name, "format is required"))?;
                     OutputFormat::parse(&v).ok_or_else(|| {
-                        OpsError::bad(name, format!("format must be png, webp or jpeg, not {v:?}"))
+                        OpsError::bad(
+                            name,
+                            format!("format must be png, webp, jpeg or zip, not {v:?}"),
+                        )
                     })?
                 },
                 quality: p.take("quality", "1 to 100")?,
@@ -639,6 +738,7 @@ impl fmt::Display for Operation {
                 mask_only,
                 bg_color,
                 decontaminate,
+                roi,
             } => {
                 write!(f, "remove_background:model={model}")?;
                 if *mask_only {
@@ -650,10 +750,24 @@ impl fmt::Display for Operation {
                 if !decontaminate {
                     write!(f, ",decontaminate=false")?;
                 }
+                if let Some(r) = roi {
+                    write!(f, ",roi={r}")?;
+                }
                 Ok(())
             }
             Operation::CropToSubject { threshold, margin } => {
                 write!(f, "crop_to_subject:threshold={threshold},margin={margin}")
+            }
+            Operation::Backdrop => write!(f, "backdrop"),
+            Operation::Place { scale, position } => {
+                let parts: Vec<String> = [
+                    scale.map(|s| format!("scale={s}%")),
+                    position.map(|[x, y]| format!("position={x}% {y}%")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                write!(f, "place:{}", parts.join(","))
             }
             Operation::Resize { width, height, fit } => {
                 write!(f, "resize:")?;
@@ -752,6 +866,90 @@ mod tests {
     }
 
     #[test]
+    fn roi_margins_and_place_round_trip_and_keep_their_order() {
+        let p = parse(&[
+            "remove_background:roi=10% 0 90% 100%",
+            "crop_to_subject:margin=10% 5px",
+            "place:scale=80%,position=center",
+            "encode:format=webp",
+        ])
+        .unwrap();
+        let text = p.to_strings();
+        assert_eq!(text[0], "remove_background:model=u2netp,roi=10% 0 90% 100%");
+        assert_eq!(text[1], "crop_to_subject:threshold=10,margin=10% 5");
+        assert_eq!(text[2], "place:scale=80%,position=50% 50%");
+        assert_eq!(Pipeline::parse(&text, &models()).unwrap(), p);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""roi":"10% 0 90% 100%""#), "{json}");
+        assert!(json.contains(r#""margin":"10% 5""#), "{json}");
+        assert_eq!(serde_json::from_str::<Pipeline>(&json).unwrap(), p);
+        // A margin in pixels is stored as the number it always was.
+        let old = parse(&["remove_background", "crop_to_subject:margin=16"]).unwrap();
+        assert!(
+            serde_json::to_string(&old)
+                .unwrap()
+                .contains(r#""margin":16"#)
+        );
+
+        let code = |ops: &[&str]| parse(ops).unwrap_err().code();
+        for bad in [
+            &["remove_background:roi=0 0 100%"][..],
+            &["remove_background:roi=90% 0 10% 100%"],
+            &["remove_background", "crop_to_subject:margin=1 2 3"],
+            &["remove_background", "crop_to_subject:margin=101%"],
+            &["remove_background", "place"],
+            &["remove_background", "place:scale=5%"],
+            &["remove_background", "place:scale=101"],
+            &["remove_background", "place:position=50% 120%"],
+            &["remove_background", "place:position=left"],
+        ] {
+            assert_eq!(code(bad), "bad_parameter", "{bad:?}");
+        }
+        // place needs the mask: right after remove_background or crop_to_subject.
+        assert_eq!(code(&["place:scale=50"]), "bad_pipeline_order");
+        assert_eq!(
+            code(&["remove_background", "thumbnail:size=9", "place:scale=50"]),
+            "bad_pipeline_order"
+        );
+        assert_eq!(
+            code(&["remove_background", "place:scale=50", "crop_to_subject"]),
+            "bad_pipeline_order"
+        );
+        assert!(
+            parse(&[
+                "remove_background",
+                "place:position=0% 100%",
+                "thumbnail:size=9"
+            ])
+            .is_ok()
+        );
+        // backdrop: behind a transparent cut-out only; the result is opaque, so JPEG is fine.
+        let p = parse(&[
+            "remove_background",
+            "place:scale=50",
+            "backdrop",
+            "encode:format=jpeg",
+        ])
+        .unwrap();
+        assert!(p.needs_background());
+        assert_eq!(p.to_strings()[2], "backdrop");
+        assert!(
+            serde_json::to_string(&p)
+                .unwrap()
+                .contains(r#"{"op":"backdrop"}"#)
+        );
+        assert!(!parse(&["remove_background"]).unwrap().needs_background());
+        for bad in [
+            &["backdrop"][..],
+            &["remove_background:bg_color=#fff", "backdrop"],
+            &["remove_background:mask_only=true", "backdrop"],
+            &["remove_background", "backdrop", "backdrop"],
+        ] {
+            assert_eq!(code(bad), "bad_pipeline_order", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn encode_png_is_appended() {
         let p = parse(&["thumbnail:size=128"]).unwrap();
         assert_eq!(p.operations().len(), 2);
@@ -821,5 +1019,9 @@ mod tests {
         // A JPEG is fine once the background is painted, or for operations without a cut-out.
         assert!(parse(&["remove_background:bg_color=#fff", "encode:format=jpeg"]).is_ok());
         assert!(parse(&["thumbnail:size=64", "encode:format=jpeg,quality=70"]).is_ok());
+        // A zip carries transparency as its own matte, so a cut-out needs no background.
+        let zip = parse(&["remove_background", "encode:format=zip,quality=80"]).unwrap();
+        assert_eq!(zip.format(), OutputFormat::Zip);
+        assert_eq!(zip.to_strings()[1], "encode:format=zip,quality=80");
     }
 }

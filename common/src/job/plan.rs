@@ -12,6 +12,7 @@
 
 use serde::Serialize;
 
+use super::format::OutputFormat;
 use super::pipeline::{Fit, Operation};
 use super::stage::Stage;
 use crate::limits::ImageLimits;
@@ -129,12 +130,23 @@ fn bytes_per_pixel(op: &Operation) -> (u64, u64) {
         Operation::RemoveBackground { .. } => (4 + 3 + 2 + 1, 4),
         // The cut-out and its mask, then their crops.
         Operation::CropToSubject { .. } => (4 + 1, 4 + 1),
+        // The image and its mask, the subject's box and its scaled copy, the new canvas.
+        Operation::Place { .. } => (4 + 1 + 4 + 4, 4),
+        // The cut-out and the background scaled to it (the decoded background image itself is
+        // held to the same pixel limit as any upload), and the opaque result.
+        Operation::Backdrop => (4 + 3, 3),
         // Source, an RGBA copy of a grey-with-alpha source, destination.
         Operation::Resize { .. } | Operation::Thumbnail { .. } => (4 + 4, 4),
         // An RGBA copy to draw on and the converted result (glyph coverage is the text's box).
         Operation::Watermark { .. } => (4 + 4, 4),
         // Blur and sharpen work on float planes.
         Operation::Filter { .. } => (4 + 16, 4),
+        // A zip: the image, its copy with hidden colours cleared, the colour and alpha planes,
+        // and the two encoded files and the archive (each at most the raw size).
+        Operation::Encode {
+            format: OutputFormat::Zip,
+            ..
+        } => (4 + 4 + 3 + 1, 4 + 4),
         // The image, an RGB copy for JPEG, and the encoded bytes (at most the raw size).
         Operation::Encode { .. } => (4 + 3, 4),
     }

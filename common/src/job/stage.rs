@@ -23,6 +23,10 @@ pub enum Stage {
     Compositing,
     /// `crop_to_subject` (worker).
     Cropping,
+    /// `place` (worker).
+    Placing,
+    /// `backdrop` (worker).
+    Painting,
     /// `resize` (worker).
     Resizing,
     /// `thumbnail` (worker).
@@ -55,6 +59,8 @@ impl Stage {
             Self::Compositing => OPS_SEQ + 1,
             Self::Segmenting
             | Self::Cropping
+            | Self::Placing
+            | Self::Painting
             | Self::Resizing
             | Self::Thumbnailing
             | Self::Watermarking
@@ -77,6 +83,8 @@ impl Stage {
             Self::Segmenting => "segmenting",
             Self::Compositing => "compositing",
             Self::Cropping => "cropping",
+            Self::Placing => "placing",
+            Self::Painting => "painting",
             Self::Resizing => "resizing",
             Self::Thumbnailing => "thumbnailing",
             Self::Watermarking => "watermarking",
@@ -96,6 +104,8 @@ impl Operation {
         match self {
             Operation::RemoveBackground { .. } => Stage::Segmenting,
             Operation::CropToSubject { .. } => Stage::Cropping,
+            Operation::Place { .. } => Stage::Placing,
+            Operation::Backdrop => Stage::Painting,
             Operation::Resize { .. } => Stage::Resizing,
             Operation::Thumbnail { .. } => Stage::Thumbnailing,
             Operation::Watermark { .. } => Stage::Watermarking,

@@ -4,14 +4,17 @@ usage: clients.py BASE_URL KEY PHOTO PHOTO_URL OUT_DIR    (exit status 0: every 
 
 - `removebg` (RemoveBg): a file (multipart) and base64 (form) with bg_color, and a URL (form).
 - `remove-bg-api` (remove_bg_api): the account (GET /v1.0/account), a file, channels=alpha,
-  and a wrong key (403, raised by the client as ApiErrorCode403).
+  format=zip (color.jpg + alpha.png), and a wrong key (403, raised by the client as
+  ApiErrorCode403).
 """
 
 import base64
+import io
 import os
 import shutil
 import struct
 import sys
+import zipfile
 
 import remove_bg_api
 import removebg.removebg as removebg_module
@@ -64,9 +67,18 @@ check("remove-bg-api: file -> PNG", png_info(result)[2] == 6)
 with open(photo, "rb") as f:
     mask = api.remove_bg_bytes(f.read(), data={"channels": "alpha", "size": "preview"})
 check("remove-bg-api: channels=alpha -> greyscale PNG mask", png_info(mask)[2] == 0, png_info(mask))
+with open(photo, "rb") as f:
+    archive = api.remove_bg_bytes(f.read(), data={"format": "zip", "size": "preview"})
+with zipfile.ZipFile(io.BytesIO(archive)) as z:
+    names = z.namelist()
+    check("remove-bg-api: format=zip -> color.jpg and alpha.png", names == ["color.jpg", "alpha.png"], names)
+    colour_jpeg, alpha_png = z.read("color.jpg"), z.read("alpha.png")
+check("remove-bg-api: the zip's color.jpg is a JPEG", colour_jpeg[:3] == b"\xff\xd8\xff")
+aw, ah, acolour = png_info(alpha_png)
+check("remove-bg-api: the zip's alpha.png is a grey matte within 0.25 MP", acolour == 0 and aw * ah <= 250_000, (aw, ah))
 check(
     "remove-bg-api: the local balance went down by the credits charged",
-    api.account.balance() == before - 2,
+    api.account.balance() == before - 3,
     (before, api.account.balance()),
 )
 try:

@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { REPO, startStack, waitFor } from '../../browser-tests/lib/stack.js';
+import { alphaBox, decodePng } from '../lib/png.js';
 
 const require = createRequire(import.meta.url);
 const ASTRONAUT = path.join(REPO, 'worker/tests/fixtures/photos/astronaut.png');
@@ -80,6 +81,70 @@ test('npm remove.bg: a file, base64 with channels=alpha, bg_color and a URL', as
 
   const fromUrl = await rbg.removeBackgroundFromImageUrl({ url: photosUrl, apiKey: KEY, size: 'preview' });
   assert.equal(pngInfo(Buffer.from(fromUrl.base64img, 'base64')).colour, 6);
+  await gone(stack);
+});
+
+test('npm remove.bg: roi, crop_margin, scale and position shape the result', async () => {
+  const cut = async (opts) => {
+    const r = await rbg.removeBackgroundFromImageFile({ path: ASTRONAUT, apiKey: KEY, size: 'preview', ...opts });
+    return decodePng(Buffer.from(r.base64img, 'base64'));
+  };
+  const whole = await cut({});
+  const subject = alphaBox(whole);
+  assert.ok(subject, 'the photo has a subject');
+
+  // Nothing right of the region's edge can be subject.
+  const left = await cut({ roi: '0% 0% 50% 100%' });
+  const half = Math.ceil(left.width / 2);
+  for (let y = 0; y < left.height; y++) {
+    for (let x = half; x < left.width; x++) assert.equal(left.pixels[(y * left.width + x) * 4 + 3], 0, `alpha at ${x},${y}`);
+  }
+  assert.ok(alphaBox(left), 'the left half keeps its subject');
+
+  // A margin in percent of the subject makes the crop larger (up to the photo).
+  const tight = await cut({ crop: true });
+  const loose = await cut({ crop: true, crop_margin: '20%' });
+  assert.ok(loose.width * loose.height > tight.width * tight.height, `${tight.width}x${tight.height} -> ${loose.width}x${loose.height}`);
+
+  // scale: the subject's box fits in half the image, centred; position alone moves it.
+  const scaled = await cut({ scale: '50%' });
+  assert.deepEqual([scaled.width, scaled.height], [whole.width, whole.height]);
+  const box = alphaBox(scaled, 10);
+  assert.ok(box.w <= Math.ceil(whole.width / 2) + 2 && box.h <= Math.ceil(whole.height / 2) + 2, JSON.stringify(box));
+  assert.ok(Math.abs(box.x + box.w / 2 - whole.width / 2) <= 3 && Math.abs(box.y + box.h / 2 - whole.height / 2) <= 3, JSON.stringify(box));
+  const corner = alphaBox(await cut({ position: '0% 0%' }), 10);
+  assert.ok(corner.x <= 1 && corner.y <= 1, JSON.stringify(corner));
+  await gone(stack);
+});
+
+test('background images: bg_image_url from the npm client, bg_image_file in a form', async () => {
+  const onUrl = await rbg.removeBackgroundFromImageFile({ path: ASTRONAUT, apiKey: KEY, size: 'preview', bg_image_url: photosUrl });
+  const jpeg = Buffer.from(onUrl.base64img, 'base64');
+  assert.ok(jpeg.subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff])), 'auto on a background image is JPEG');
+
+  const form = new FormData();
+  form.append('image_file', new Blob([fs.readFileSync(ASTRONAUT)], { type: 'image/png' }), 'astronaut.png');
+  form.append('bg_image_file', new Blob([fs.readFileSync(CHELSEA)], { type: 'image/png' }), 'chelsea.png');
+  form.append('size', 'preview');
+  form.append('format', 'png');
+  const res = await fetch(`${stack.url}/v1.0/removebg`, { method: 'POST', headers: { 'X-Api-Key': KEY }, body: form });
+  const body = Buffer.from(await res.arrayBuffer());
+  assert.equal(res.status, 200, body.toString().slice(0, 300));
+  const png = decodePng(body);
+  // Opaque everywhere: the background image fills what was transparent.
+  assert.equal(png.channels, 3, 'RGB: nothing is transparent');
+  // A corner of the cut-out (background there) now has the cat photo's colours, not black.
+  const corner = png.pixels.subarray(0, 3);
+  assert.ok(corner[0] + corner[1] + corner[2] > 30, `corner ${[...corner]}`);
+
+  // Both a colour and an image: refused before anything is stored.
+  const both = new FormData();
+  both.append('image_file', new Blob([fs.readFileSync(ASTRONAUT)], { type: 'image/png' }), 'astronaut.png');
+  both.append('bg_image_url', photosUrl);
+  both.append('bg_color', 'red');
+  const refused = await fetch(`${stack.url}/v1.0/removebg`, { method: 'POST', headers: { 'X-Api-Key': KEY }, body: both });
+  assert.equal(refused.status, 400);
+  assert.equal((await refused.json()).errors[0].code, 'invalid_parameter');
   await gone(stack);
 });
 

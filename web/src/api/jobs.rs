@@ -78,6 +78,8 @@ pub enum FormatView {
     Png,
     Webp,
     Jpeg,
+    /// `color.jpg` and `alpha.png` in one archive.
+    Zip,
 }
 
 impl From<OutputFormat> for FormatView {
@@ -86,6 +88,7 @@ impl From<OutputFormat> for FormatView {
             OutputFormat::Png => Self::Png,
             OutputFormat::Webp => Self::Webp,
             OutputFormat::Jpeg => Self::Jpeg,
+            OutputFormat::Zip => Self::Zip,
         }
     }
 }
@@ -332,7 +335,7 @@ impl JobsApi {
         {
             o.format = OutputFormat::parse(f).ok_or_else(|| WebError::InvalidOption {
                 field: "format",
-                reason: "use png, webp or jpeg".into(),
+                reason: "use png, webp, jpeg or zip".into(),
             })?;
         }
         o.mask_only = form.mask_only.unwrap_or(false);
@@ -372,6 +375,14 @@ impl JobsApi {
         }
         let pipeline =
             Pipeline::parse(&form.op, &self.models).map_err(WebError::InvalidPipeline)?;
+        if pipeline.needs_background() {
+            return Err(WebError::InvalidOption {
+                field: "op",
+                reason: "backdrop needs a background image, which only the remove.bg API \
+                         (bg_image_file, bg_image_url) takes for now"
+                    .into(),
+            });
+        }
         Ok(options_for(pipeline))
     }
 
@@ -540,7 +551,7 @@ impl JobsApi {
             shared.forget_upload(&id).await;
             return Err(e.into());
         }
-        if let Err(e) = shared.store_and_enqueue(&mut job, data).await {
+        if let Err(e) = shared.store_and_enqueue(&mut job, data, None).await {
             if let Some(c) = &charge {
                 c.refund(&shared.db).await;
             }

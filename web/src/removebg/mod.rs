@@ -74,7 +74,8 @@ pub struct RemoveBgMultipart {
     pub type_: Option<String>,
     /// Accepted; changes nothing.
     pub type_level: Option<String>,
-    /// `auto` (PNG with transparency, JPEG otherwise; a mask is PNG), `png`, `jpg`, `webp`.
+    /// `auto` (PNG with transparency, JPEG otherwise; a mask is PNG), `png`, `jpg`, `webp`,
+    /// `zip` (`color.jpg` and the alpha matte `alpha.png`).
     pub format: Option<String>,
     /// `rgba` (default) or `alpha` (the mask).
     pub channels: Option<String>,
@@ -82,17 +83,24 @@ pub struct RemoveBgMultipart {
     pub bg_color: Option<String>,
     /// Crop to the subject.
     pub crop: Option<String>,
-    /// Margin kept around the subject when cropping, in pixels (`30` or `30px`, at most 500).
+    /// Margin kept around the subject when cropping: pixels (`30`, `30px`, at most 500) or a
+    /// percentage of the subject (`10%`, at most 50%); one value, two (top and bottom, left and
+    /// right) or four (top, right, bottom, left). Clamped to the photo.
     pub crop_margin: Option<String>,
-    /// Only `original`.
+    /// The subject's size: `original` (default) or `10%` to `100%` of the image (its box fits
+    /// in that share of the width and height). Scaling centres it unless `position` is given.
     pub scale: Option<String>,
-    /// Only `original`.
+    /// Where the subject goes: `original` (default), `center`, or one or two percentages of
+    /// the free space (`0% 100%`: bottom left).
     pub position: Option<String>,
-    /// Only `0% 0% 100% 100%`.
+    /// Region of interest `x1 y1 x2 y2` (pixels or percentages of the photo): nothing outside
+    /// it can be subject. Default `0% 0% 100% 100%`.
     pub roi: Option<String>,
-    /// Not supported yet (refused).
+    /// A background image to put behind the subject (scaled to cover the result and
+    /// centred), fetched as `image_url` is. At most one of `bg_color`, `bg_image_url` and
+    /// `bg_image_file`.
     pub bg_image_url: Option<String>,
-    /// Not supported yet (refused).
+    /// A background image file (same limits as the photo).
     pub bg_image_file: Option<Upload>,
     /// Accepted; changes nothing.
     pub add_shadow: Option<String>,
@@ -169,10 +177,21 @@ const FIELDS: [&str; 14] = [
     "semitransparency",
 ];
 
+/// A request taken apart.
+struct Parts {
+    /// The parameters as text, by remove.bg's names.
+    fields: HashMap<String, String>,
+    /// The photo.
+    source: Option<Source>,
+    /// A background image file (`bg_image_file`).
+    bg_file: Option<Upload>,
+}
+
 impl RemoveBgBody {
-    /// The parameters as text fields, and the photo's source.
-    fn split(self) -> Result<(HashMap<String, String>, Option<Source>), ApiError> {
+    /// The parameters as text fields, the photo's source, and a background image file.
+    fn split(self) -> Result<Parts, ApiError> {
         let mut fields = HashMap::new();
+        let mut bg_file = None;
         let sources = match self {
             RemoveBgBody::Multipart(m) => {
                 let values = [
@@ -199,6 +218,7 @@ impl RemoveBgBody {
                 if m.bg_image_file.is_some() {
                     fields.insert("bg_image_file".into(), "given".into());
                 }
+                bg_file = m.bg_image_file;
                 [
                     m.image_file.map(Source::File),
                     m.image_file_b64.map(Source::Base64),
@@ -210,8 +230,11 @@ impl RemoveBgBody {
         };
         let mut given: Vec<Source> = sources.into_iter().flatten().collect();
         match given.len() {
-            0 => Ok((fields, None)),
-            1 => Ok((fields, given.pop())),
+            0 | 1 => Ok(Parts {
+                fields,
+                source: given.pop(),
+                bg_file,
+            }),
             _ => Err(ApiError::bad(
                 "multiple_sources",
                 "Give exactly one of image_file, image_file_b64 and image_url.",
@@ -530,6 +553,18 @@ type Reply<T> = Result<T, ApiError>;
 
 /// The dimensions in an image's header, from the first bytes of it.
 fn dimensions(prefix: &[u8]) -> Option<(u32, u32)> {
+    // A zip result's first file is its `color.jpg`, stored uncompressed after its local header
+    // (30 bytes, then the name and the extra field).
+    if let Some(header) = prefix.strip_prefix(b"PK\x03\x04") {
+        let len = |at: usize| {
+            Some(usize::from(u16::from_le_bytes([
+                *header.get(at)?,
+                *header.get(at + 1)?,
+            ])))
+        };
+        let start = 30 + len(22)? + len(24)?;
+        return dimensions(prefix.get(start..)?);
+    }
     image::ImageReader::new(std::io::Cursor::new(prefix))
         .with_guessed_format()
         .ok()?
@@ -618,13 +653,14 @@ impl RemoveBgApi {
         req: &Request,
         mut job: backless_common::db::Job,
         data: Bytes,
+        background: Option<Bytes>,
         cleanup: &mut Cleanup,
     ) -> Reply<ImageReply> {
         let shared = &self.shared;
         let id = job.id.clone();
         // Subscribed before the job can run, so its end cannot be missed.
         let live = shared.events.subscribe(&id).await.map_err(WebError::from)?;
-        shared.store_and_enqueue(&mut job, data).await?;
+        shared.store_and_enqueue(&mut job, data, background).await?;
         self.wait(live, &id).await?;
 
         let job = shared
@@ -717,7 +753,11 @@ impl RemoveBgApi {
         body: RemoveBgBody,
     ) -> Reply<ImageReply> {
         let key = Self::key(req)?;
-        let (fields, source) = body.split()?;
+        let Parts {
+            fields,
+            source,
+            bg_file,
+        } = body.split()?;
         let params = Params::from_fields(&fields)?;
         let source = source.ok_or_else(|| {
             ApiError::bad(
@@ -728,6 +768,22 @@ impl RemoveBgApi {
         let pipeline = params.pipeline(&self.model, &self.models)?;
         let data = self.read(source).await?;
         let checked = check_image(&data, &self.limits)?;
+        let bg_source = match (bg_file, &params.bg_image_url) {
+            (Some(file), _) => Some(Source::File(file)),
+            (None, Some(url)) => Some(Source::Url(url.clone())),
+            (None, None) => None,
+        };
+        let background = match bg_source {
+            Some(source) => {
+                let bg = self.read(source).await?;
+                // Held to the same limits as any photo, and refused before anything is stored.
+                check_image(&bg, &self.limits).map_err(|e| {
+                    ApiError::bad("invalid_bg_image", format!("The background image: {e}"))
+                })?;
+                Some(bg)
+            }
+            None => None,
+        };
         pipeline
             .plan(checked.oriented, &self.limits)
             .map_err(WebError::from)?;
@@ -763,7 +819,7 @@ impl RemoveBgApi {
             id: id.clone(),
             refund: Some(charge),
         };
-        let answer = self.deliver(req, job, data, &mut cleanup).await;
+        let answer = self.deliver(req, job, data, background, &mut cleanup).await;
         if answer.is_err() {
             // The error answer goes out with the credit back and the job gone.
             cleanup.settle().await;

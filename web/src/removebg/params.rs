@@ -2,15 +2,19 @@
 //! or JSON, where booleans may be real booleans), checked, and turned into a job's pipeline.
 //!
 //! Mapping: `size` caps the result's pixels (`thumbnail:pixels=`, never enlarging); `channels=alpha`
-//! is `mask_only`; `bg_color` paints the background; `crop`/`crop_margin` add `crop_to_subject`;
-//! `format` is the final `encode`. `type`, `type_level`, `semitransparency` and the shadow options
-//! are accepted and change nothing (one model serves every subject); `scale`, `position`, `roi`
-//! and background images are refused with a clear error unless they ask for the default.
+//! is `mask_only`; `bg_color` paints the background; `roi` limits where the subject can be
+//! (`remove_background:roi=`); `crop`/`crop_margin` add `crop_to_subject`; `scale`/`position`
+//! add `place`; a background image (`bg_image_file` / `bg_image_url`, stored with the job) adds
+//! `backdrop`; `format` is the final `encode`. `type`, `type_level`, `semitransparency` and the
+//! shadow options are accepted and change nothing (one model serves every subject).
 
 use std::collections::HashMap;
 
 use backless_common::db::OutputFormat;
-use backless_common::job::{Operation, Pipeline, normalize_color};
+use backless_common::job::{
+    Length, MIN_PLACE_SCALE, Margin, Operation, Pipeline, Region, normalize_color, parse_position,
+    parse_scale,
+};
 
 /// One refused parameter: remove.bg's error code and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +43,18 @@ pub struct Params {
     /// `#rrggbb`.
     pub bg_color: Option<String>,
     pub crop: bool,
-    /// Pixels kept around the subject when cropping.
-    pub crop_margin: u32,
+    /// Space kept around the subject when cropping.
+    pub crop_margin: Margin,
+    /// Only this rectangle can be subject.
+    pub roi: Option<Region>,
+    /// The subject's size in percent of the image (`place`).
+    pub scale: Option<f32>,
+    /// Where the subject goes, percent across and down (`place`).
+    pub position: Option<[f32; 2]>,
+    /// Where to fetch the background image from (`backdrop`).
+    pub bg_image_url: Option<String>,
+    /// Whether a background image file came with the request (`backdrop`).
+    pub bg_image_file: bool,
 }
 
 /// remove.bg's `format`.
@@ -51,6 +65,8 @@ pub enum Format {
     Png,
     Jpg,
     Webp,
+    /// `color.jpg` and `alpha.png` in one archive.
+    Zip,
 }
 
 /// The megapixel caps of remove.bg's sizes.
@@ -157,16 +173,11 @@ impl Params {
             Some("png") => Format::Png,
             Some("jpg" | "jpeg") => Format::Jpg,
             Some("webp") => Format::Webp,
-            Some("zip") => {
-                return Err(err(
-                    "unsupported_parameter",
-                    "format=zip is not supported yet; use png, webp, jpg or channels=alpha",
-                ));
-            }
+            Some("zip") => Format::Zip,
             Some(other) => {
                 return Err(err(
                     "invalid_format",
-                    format!("format must be auto, png, jpg or webp, not {other:?}"),
+                    format!("format must be auto, png, jpg, webp or zip, not {other:?}"),
                 ));
             }
         };
@@ -194,51 +205,73 @@ impl Params {
             .transpose()?
             .unwrap_or(false);
         let crop_margin = match get("crop_margin") {
-            None => 0,
+            None => Margin::default(),
             Some(v) => {
-                let px = v.strip_suffix("px").unwrap_or(v).trim();
-                if v.contains('%') || px.contains(' ') {
-                    return Err(err(
-                        "unsupported_parameter",
-                        "crop_margin takes one value in pixels (e.g. 30px); percentages and per-side values are not supported",
-                    ));
+                let bad = |why: String| err("invalid_crop_margin", format!("crop_margin: {why}"));
+                let margin: Margin = v.parse().map_err(bad)?;
+                // remove.bg's maximum on each side.
+                let too_much = margin.sides().iter().any(|side| match side {
+                    Length::Px(px) => *px > MAX_CROP_MARGIN,
+                    Length::Percent(p) => *p > 50.0,
+                });
+                if too_much {
+                    return Err(bad(format!(
+                        "at most {MAX_CROP_MARGIN}px or 50% on each side, not {v:?}"
+                    )));
                 }
-                px.parse::<u32>()
-                    .ok()
-                    .filter(|m| *m <= MAX_CROP_MARGIN)
-                    .ok_or_else(|| {
-                        err(
-                            "invalid_crop_margin",
-                            format!("crop_margin must be 0 to {MAX_CROP_MARGIN} pixels, not {v:?}"),
-                        )
-                    })?
+                margin
             }
         };
-        // Accepted only at their defaults.
-        for (field, defaults) in [
-            ("scale", &["original", "100%"][..]),
-            ("position", &["original"][..]),
-            ("roi", &["0% 0% 100% 100%"][..]),
-        ] {
-            if let Some(v) = get(field)
-                && !defaults.iter().any(|d| d.eq_ignore_ascii_case(v))
-            {
-                return Err(err(
-                    "unsupported_parameter",
-                    format!(
-                        "{field} is not supported yet (only {})",
-                        defaults.join(" or ")
-                    ),
-                ));
-            }
+        let roi = match get("roi") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<Region>()
+                    .map_err(|e| err("invalid_roi", format!("roi {e}")))?,
+            ),
+        };
+        let scale = get("scale")
+            .map(parse_scale)
+            .transpose()
+            .map_err(|e| err("invalid_scale", e))?
+            .flatten();
+        if let Some(s) = scale
+            && !(MIN_PLACE_SCALE..=100.0).contains(&s)
+        {
+            return Err(err(
+                "invalid_scale",
+                format!("scale must be original or {MIN_PLACE_SCALE}% to 100%, not {s}%"),
+            ));
         }
-        for field in ["bg_image_url", "bg_image_file"] {
-            if get(field).is_some() {
-                return Err(err(
-                    "unsupported_parameter",
-                    format!("{field} is not supported yet; use bg_color"),
-                ));
-            }
+        let position = get("position")
+            .map(parse_position)
+            .transpose()
+            .map_err(|e| err("invalid_position", e))?
+            .flatten();
+        if let Some(p) = position
+            && !p.iter().all(|v| (0.0..=100.0).contains(v))
+        {
+            return Err(err(
+                "invalid_position",
+                format!(
+                    "position must be 0% to 100% across and down, not {}% {}%",
+                    p[0], p[1]
+                ),
+            ));
+        }
+        let bg_image_url = get("bg_image_url").map(str::to_string);
+        let bg_image_file = get("bg_image_file").is_some();
+        let backgrounds = [bg_color.is_some(), bg_image_url.is_some(), bg_image_file];
+        if backgrounds.iter().filter(|b| **b).count() > 1 {
+            return Err(err(
+                "invalid_parameter",
+                "Give at most one of bg_color, bg_image_url and bg_image_file.",
+            ));
+        }
+        if alpha_only && (bg_image_url.is_some() || bg_image_file) {
+            return Err(err(
+                "invalid_parameter",
+                "channels=alpha returns the mask alone; it takes no background image.",
+            ));
         }
         Ok(Self {
             max_pixels,
@@ -248,12 +281,22 @@ impl Params {
             bg_color,
             crop,
             crop_margin,
+            roi,
+            scale,
+            position,
+            bg_image_url,
+            bg_image_file,
         })
+    }
+
+    /// Whether a background image goes behind the subject.
+    pub fn bg_image(&self) -> bool {
+        self.bg_image_url.is_some() || self.bg_image_file
     }
 
     /// Whether the result has transparent pixels.
     fn transparent(&self) -> bool {
-        !self.alpha_only && self.bg_color.is_none()
+        !self.alpha_only && self.bg_color.is_none() && !self.bg_image()
     }
 
     /// The output encoding.
@@ -262,6 +305,7 @@ impl Params {
             Format::Png => OutputFormat::Png,
             Format::Webp => OutputFormat::Webp,
             Format::Jpg => OutputFormat::Jpeg,
+            Format::Zip => OutputFormat::Zip,
             Format::Auto if self.transparent() || self.alpha_only => OutputFormat::Png,
             Format::Auto => OutputFormat::Jpeg,
         }
@@ -272,7 +316,7 @@ impl Params {
         let format = self.output_format();
         // JPEG has no alpha: a transparent background becomes white, as remove.bg's jpg does.
         let bg_color = match (&self.bg_color, format) {
-            (None, OutputFormat::Jpeg) if !self.alpha_only => Some("#ffffff".to_string()),
+            (None, OutputFormat::Jpeg) if self.transparent() => Some("#ffffff".to_string()),
             (c, _) => c.clone(),
         };
         let mut ops = vec![Operation::RemoveBackground {
@@ -280,12 +324,22 @@ impl Params {
             mask_only: self.alpha_only,
             bg_color: if self.alpha_only { None } else { bg_color },
             decontaminate: true,
+            roi: self.roi,
         }];
         if self.crop {
             ops.push(Operation::CropToSubject {
                 threshold: 10,
                 margin: self.crop_margin,
             });
+        }
+        if self.scale.is_some() || self.position.is_some() {
+            ops.push(Operation::Place {
+                scale: self.scale,
+                position: self.position,
+            });
+        }
+        if self.bg_image() {
+            ops.push(Operation::Backdrop);
         }
         ops.push(Operation::Thumbnail {
             size: None,
@@ -358,6 +412,10 @@ mod tests {
             ops(&[("bg_color", "Red"), ("format", "webp")])[0],
             "remove_background:model=u2netp,bg_color=#ff0000"
         );
+        // zip keeps transparency in its matte: no background is painted.
+        let zip = ops(&[("format", "zip")]);
+        assert_eq!(zip[0], "remove_background:model=u2netp");
+        assert_eq!(zip.last().unwrap(), "encode:format=zip");
         assert_eq!(colour("#fff").unwrap(), "#ffffff");
         assert_eq!(colour("ff000080").unwrap_err().code, "invalid_bg_color");
         assert_eq!(colour("notacolour").unwrap_err().code, "invalid_bg_color");
@@ -368,44 +426,78 @@ mod tests {
     }
 
     #[test]
-    fn crop_and_the_parameters_not_supported() {
+    fn crop_roi_scale_and_position_become_operations() {
         assert_eq!(
             ops(&[("crop", "true"), ("crop_margin", "30px")])[1],
             "crop_to_subject:threshold=10,margin=30"
         );
+        assert_eq!(
+            ops(&[("crop", "true"), ("crop_margin", "10% 20px")])[1],
+            "crop_to_subject:threshold=10,margin=10% 20"
+        );
         assert_eq!(ops(&[("crop", "false"), ("crop_margin", "30")]).len(), 3);
-        assert_eq!(
-            params(&[("crop_margin", "10%")]).unwrap_err().code,
-            "unsupported_parameter"
-        );
-        assert_eq!(
-            params(&[("crop_margin", "501")]).unwrap_err().code,
-            "invalid_crop_margin"
-        );
+        for bad in ["501", "51%", "1 2 3", "-4px", "wide"] {
+            assert_eq!(
+                params(&[("crop_margin", bad)]).unwrap_err().code,
+                "invalid_crop_margin",
+                "{bad}"
+            );
+        }
         assert_eq!(
             params(&[("crop", "maybe")]).unwrap_err().code,
             "invalid_parameter"
         );
-        // Defaults are accepted; anything else is refused, not silently ignored.
-        assert!(
-            params(&[
+        assert_eq!(
+            ops(&[("roi", "10% 0% 90% 100%")])[0],
+            "remove_background:model=u2netp,roi=10% 0% 90% 100%"
+        );
+        assert_eq!(
+            params(&[("roi", "0 0 10")]).unwrap_err().code,
+            "invalid_roi"
+        );
+        // scale implies centred; position alone moves the subject; crop comes first.
+        let placed = ops(&[("crop", "true"), ("scale", "80%"), ("position", "original")]);
+        assert_eq!(placed[2], "place:scale=80%");
+        assert_eq!(ops(&[("position", "0% 100%")])[1], "place:position=0% 100%");
+        assert_eq!(ops(&[("position", "center")])[1], "place:position=50% 50%");
+        // Defaults add nothing.
+        assert_eq!(
+            ops(&[
                 ("scale", "original"),
                 ("position", "original"),
                 ("roi", "0% 0% 100% 100%")
             ])
-            .is_ok()
+            .len(),
+            3
         );
-        for (k, v) in [
-            ("scale", "50%"),
-            ("position", "center"),
-            ("roi", "0 0 10 10"),
-            ("bg_image_url", "http://x/y.png"),
-            ("format", "zip"),
+        for (k, v, code) in [
+            ("scale", "5%", "invalid_scale"),
+            ("scale", "big", "invalid_scale"),
+            ("position", "left", "invalid_position"),
+            ("position", "50% 150%", "invalid_position"),
+        ] {
+            assert_eq!(params(&[(k, v)]).unwrap_err().code, code, "{k}={v}");
+        }
+        // A background image: backdrop after placing, and auto is JPEG (nothing transparent
+        // is left, and no white is painted first).
+        let url = ("bg_image_url", "http://photos.example/beach.jpg");
+        let ops_bg = ops(&[("scale", "50%"), url]);
+        assert_eq!(ops_bg[0], "remove_background:model=u2netp");
+        assert_eq!(ops_bg[1..3], ["place:scale=50%", "backdrop"]);
+        assert_eq!(ops_bg.last().unwrap(), "encode:format=jpeg");
+        assert_eq!(
+            ops(&[("bg_image_file", "given"), ("format", "png")]).len(),
+            4
+        );
+        for clash in [
+            &[url, ("bg_color", "red")][..],
+            &[url, ("bg_image_file", "given")],
+            &[url, ("channels", "alpha")],
         ] {
             assert_eq!(
-                params(&[(k, v)]).unwrap_err().code,
-                "unsupported_parameter",
-                "{k}"
+                params(clash).unwrap_err().code,
+                "invalid_parameter",
+                "{clash:?}"
             );
         }
         // type and the shadow options change nothing.

@@ -400,7 +400,15 @@ async fn objects_without_a_row_are_swept_once_older_than_the_grace() {
         .put_result(&orphan, png_bytes(4, 4).into())
         .await
         .unwrap();
-    assert_eq!(app.stored_files().len(), 2);
+    // A background image left by a remove.bg request is an orphan too.
+    let lone_background = backless_common::db::new_job_id();
+    let key = backless_common::storage::background_key(&lone_background);
+    app.shared
+        .storage
+        .put(&key, png_bytes(4, 4).into())
+        .await
+        .unwrap();
+    assert_eq!(app.stored_files().len(), 3);
     assert_eq!(
         app.shared
             .sweep_orphans_once(Duration::from_secs(3600))
@@ -410,8 +418,8 @@ async fn objects_without_a_row_are_swept_once_older_than_the_grace() {
     );
     assert_eq!(
         app.shared.sweep_orphans_once(Duration::ZERO).await,
-        1,
-        "only the object without a row"
+        2,
+        "only the objects without a row"
     );
     let left = app.stored_files();
     assert_eq!(left.len(), 1);

@@ -154,6 +154,19 @@ async fn each_kind_of_bad_pipeline_is_a_400_with_its_code_and_nothing_is_stored(
             "invalid_option",
             "format",
         ),
+        // /v1 takes no background image yet: refused, not failed later by the worker.
+        (
+            &["remove_background", "backdrop"],
+            &[],
+            "invalid_option",
+            "background image",
+        ),
+        (
+            &["remove_background", "place"],
+            &[],
+            "bad_parameter",
+            "scale",
+        ),
     ];
     for (ops, extra, code, mentions) in cases {
         let (status, body) = upload_ops(&app, &c, ops, extra).await;

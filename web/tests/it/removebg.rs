@@ -172,6 +172,50 @@ async fn base64_in_json_with_a_json_answer_and_the_plan_it_ran() {
 }
 
 #[tokio::test]
+async fn a_background_image_is_stored_with_the_job_and_deleted_with_it() {
+    let app = app_with_keys(&[]).await;
+    let c = reqwest::Client::new();
+    let form = file_form(png_bytes(64, 48), &[("scale", "80%"), ("format", "zip")]).part(
+        "bg_image_file",
+        reqwest::multipart::Part::bytes(png_bytes(30, 20)).file_name("beach.png"),
+    );
+    let req = c
+        .post(app.url("/v1.0/removebg"))
+        .header("X-Api-Key", KEY)
+        .multipart(form)
+        .send();
+    let job = async {
+        let j = stored_job(&app, "key:env:ci").await;
+        // The background is stored with the job, under its own key, before it can run.
+        let key = backless_common::storage::background_key(&j.id);
+        let stored = app.shared.storage.get(&key).await.unwrap();
+        assert_eq!(stored, png_bytes(30, 20));
+        app.finish_job(&j.id).await;
+        (j.id.clone(), j.options.pipeline().to_strings())
+    };
+    let (res, (id, pipeline)) = tokio::join!(req, job);
+    assert_eq!(
+        pipeline,
+        [
+            "remove_background:model=u2netp",
+            "place:scale=80%",
+            "backdrop",
+            "thumbnail:pixels=250000",
+            "encode:format=zip"
+        ]
+    );
+    assert_eq!(res.unwrap().status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.shared.db.get(&id).await.unwrap().is_none() && app.stored_files().is_empty()
+        })
+        .await,
+        "left behind: {:?}",
+        app.stored_files()
+    );
+}
+
+#[tokio::test]
 async fn keys_are_required_checked_and_counted() {
     let app = app_with_keys(&[("BACKLESS_API_KEY_QUOTA_PER_DAY", "1")]).await;
     let c = reqwest::Client::new();
@@ -281,9 +325,33 @@ async fn bad_requests_get_remove_bg_errors_and_store_nothing() {
             "invalid_bg_color",
         ),
         (
-            file_form(png_bytes(8, 8), &[("scale", "50%")]),
+            file_form(png_bytes(8, 8), &[("scale", "5%")]),
             400,
-            "unsupported_parameter",
+            "invalid_scale",
+        ),
+        (
+            file_form(png_bytes(8, 8), &[("roi", "50% 0 10% 100%")]),
+            400,
+            "invalid_roi",
+        ),
+        (
+            file_form(png_bytes(8, 8), &[]).part(
+                "bg_image_file",
+                reqwest::multipart::Part::bytes(b"not a picture".to_vec()).file_name("bg.png"),
+            ),
+            400,
+            "invalid_bg_image",
+        ),
+        (
+            file_form(
+                png_bytes(8, 8),
+                &[
+                    ("bg_color", "red"),
+                    ("bg_image_url", "https://example.com/b.png"),
+                ],
+            ),
+            400,
+            "invalid_parameter",
         ),
         (
             file_form(b"hello, not an image".to_vec(), &[]),

@@ -184,7 +184,7 @@ fn polyglot_gif_with_script_is_decoded_as_an_image_and_reencoding_drops_the_rest
         backless_worker::pipeline::OutputFormat::Png,
         backless_worker::pipeline::OutputFormat::Webp,
     ] {
-        let out = backless_worker::pipeline::encode(&img, format).unwrap();
+        let out = backless_worker::ops::encode(&img, format, None).unwrap();
         assert!(!out.windows(7).any(|w| w == b"<script"), "{format:?}");
     }
 }
