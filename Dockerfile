@@ -22,11 +22,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# web and the emulator; the worker without the embedded dev stack (`worker dev`).
+# The three services; each binary carries only its own service (the one-process dev stack is
+# the backless-dev crate, not built here).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p backless-web -p backless-emulator --features "${STORAGE_FEATURES}" \
- && cargo build --release --locked -p backless-worker --no-default-features --features "${STORAGE_FEATURES}" \
+    cargo build --release --locked -p backless-web -p backless-emulator -p backless-worker --features "${STORAGE_FEATURES}" \
  && mkdir -p /out \
  && cp target/release/web target/release/worker target/release/backless-emulator /out/
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End to end on embedded defaults: `worker dev` (web + worker + Cloud Tasks emulator, SQLite,
+"""End to end on embedded defaults: `backless-dev` (web + worker + Cloud Tasks emulator, SQLite,
 local storage) started on free ports, photos uploaded through the public API one after another.
 
     python3 scripts/bench_e2e.py WORKER_BIN stages  [--model u2netp] [--megapixels 1] [--runs 5]
@@ -57,7 +57,7 @@ def status_kib(pid, field):
 
 
 class Service:
-    """`worker dev` in a temporary data folder; `with Service(...) as s:`."""
+    """`backless-dev` in a temporary data folder; `with Service(...) as s:`."""
 
     def __init__(self, worker, model):
         self.worker, self.model = worker, model
@@ -81,7 +81,7 @@ class Service:
             "BACKLESS_RATE_LIMIT_PER_CLIENT": "0",
             "RUST_LOG": "warn",
         })
-        self.proc = subprocess.Popen([self.worker, "dev"], env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([self.worker], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{port}"
         self.worker_url = f"http://127.0.0.1:{wport}"
@@ -94,9 +94,9 @@ class Service:
             except requests.ConnectionError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker dev exited with {self.proc.returncode}")
+                raise RuntimeError(f"backless-dev exited with {self.proc.returncode}")
             time.sleep(0.05)
-        raise RuntimeError("worker dev did not become ready")
+        raise RuntimeError("backless-dev did not become ready")
 
     def __exit__(self, *exc):
         self.proc.terminate()
@@ -138,7 +138,7 @@ class Service:
 
 def stages(args):
     data = photo_bytes(0, args.megapixels)
-    with Service(args.worker, args.model) as s:
+    with Service(args.dev_binary, args.model) as s:
         s.run_job(data)  # warm: first-touch of buffers, connection set-up
         for _ in range(args.runs):
             print(json.dumps({"mode": "stages", "model": args.model, "megapixels": args.megapixels,
@@ -147,7 +147,7 @@ def stages(args):
 
 def memory(args):
     photos = [photo_bytes(i, mp) for i, mp in enumerate([0.5, 1, 2, 1])]
-    with Service(args.worker, args.model) as s:
+    with Service(args.dev_binary, args.model) as s:
         print(json.dumps({"mode": "memory", "image": 0, "rss_mib": s.rss_kib() / 1024,
                           "peak_mib": s.hwm_kib() / 1024}), flush=True)
         for i in range(1, args.images + 1):
@@ -164,7 +164,7 @@ def memory(args):
 def scaling(args):
     for mp in [float(x) for x in args.sizes.split(",")]:
         data = photo_bytes(0, mp)
-        with Service(args.worker, args.model) as s:
+        with Service(args.dev_binary, args.model) as s:
             base = s.hwm_kib()
             r = s.run_job(data)
             peak = s.hwm_kib()
@@ -176,7 +176,7 @@ def scaling(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("worker")
+    p.add_argument("dev_binary", metavar="backless-dev")
     p.add_argument("mode", choices=["stages", "memory", "scaling"])
     p.add_argument("--model", default="u2netp")
     p.add_argument("--megapixels", type=float, default=1.0)

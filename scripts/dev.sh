@@ -9,4 +9,4 @@ models="${BACKLESS_MODELS:-u2netp}"
 for m in ${models//,/ }; do
   [ -f "${BACKLESS_MODELS_DIR:-models}/$m.safetensors" ] || scripts/fetch-models.sh "$m"
 done
-exec cargo run --quiet -p backless-worker --bin worker -- dev
+exec cargo run --quiet -p backless-dev

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Browser tests: the page in Debian's Chromium (driven by playwright-core, never a downloaded
-# browser) against the real service (`worker dev`). Expects the dev binary already built, e.g. by
-# `cargo build -p backless-worker --bin worker` or scripts/test.sh, and the default model fetched.
+# browser) against the real service (`backless-dev`). Expects the dev binary already built, e.g. by
+# `cargo build -p backless-dev -p backless-worker` or scripts/test.sh, and the default model fetched.
 #
 #   scripts/test-browser.sh                       # run the tests
 #   UPDATE_DOC_SCREENSHOTS=1 scripts/test-browser.sh   # also refresh docs/screenshots/
@@ -21,14 +21,15 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 target="${CARGO_TARGET_DIR:-$root/target}"
-bin="${BACKLESS_WORKER_BIN:-$target/debug/worker}"
+bin="${BACKLESS_DEV_BIN:-$target/debug/backless-dev}"
+worker="${WORKER_BIN:-$target/debug/worker}"
 if [ ! -x "$bin" ]; then
-  echo "error: $bin not found; build it first: cargo build -p backless-worker --bin worker" >&2
+  echo "error: $bin not found; build it first: cargo build -p backless-dev -p backless-worker" >&2
   exit 1
 fi
 if [ ! -f "${BACKLESS_MODELS_DIR:-$root/models}/u2netp.safetensors" ]; then
   step "Default model (U²-NetP)"
-  WORKER_BIN="$bin" scripts/fetch-models.sh u2netp
+  WORKER_BIN="$worker" scripts/fetch-models.sh u2netp
 fi
 
 step "playwright-core (npm ci)"
@@ -36,7 +37,7 @@ cd web/browser-tests
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 
 step "Browser tests ($bin)"
-export BACKLESS_WORKER_BIN="$bin"
+export BACKLESS_DEV_BIN="$bin"
 export SCREENSHOT_DIR="${SCREENSHOT_DIR:-$target/browser-screenshots}"
 node --test --test-concurrency=1 tests/
 echo "screenshots: $SCREENSHOT_DIR"

@@ -43,7 +43,7 @@ step "Fuzz targets over their seed corpus and generated inputs (stable, bounded)
 BACKLESS_FUZZ_STABLE=1 BACKLESS_FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" scripts/fuzz.sh 20
 
 step "remove.bg clients (npm and PyPI) and 20 concurrent synchronous requests"
-BACKLESS_WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/test-clients.sh
+BACKLESS_DEV_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/backless-dev" scripts/test-clients.sh
 
 step "Browser tests (Debian Chromium, playwright-core)"
-BACKLESS_WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/test-browser.sh
+BACKLESS_DEV_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/backless-dev" scripts/test-browser.sh

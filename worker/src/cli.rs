@@ -35,9 +35,6 @@ pub enum Command {
     Serve,
     /// Run the pending database migrations and exit (BACKLESS_DATABASE_URL).
     Migrate,
-    /// Run web, worker and the Cloud Tasks emulator together on embedded defaults.
-    #[cfg(feature = "dev")]
-    Dev,
     /// Time the model on one photo (see scripts/bench-model.sh, which compares with onnxruntime).
     Bench(BenchArgs),
     /// Time each image operation on one photo (see scripts/bench-ops.sh, which compares with
@@ -489,12 +486,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backless_common::db::report_migrations(&applied);
             Ok(ExitCode::SUCCESS)
         }
-        #[cfg(feature = "dev")]
-        Command::Dev => runtime()?
-            .block_on(crate::dev::run(
-                backless_common::config::Settings::from_env(),
-            ))
-            .map(|()| ExitCode::SUCCESS),
         Command::Model(ModelCommand::Import {
             onnx,
             arch,

@@ -4,8 +4,6 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "dev")]
-pub mod dev;
 pub mod foreground;
 pub mod memory;
 pub mod metrics;

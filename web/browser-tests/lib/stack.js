@@ -1,4 +1,4 @@
-// The real service for the browser tests: `worker dev` (emulator + worker + web in one process)
+// The real service for the browser tests: `backless-dev` (emulator + worker + web in one process)
 // on free ports, with SQLite and file storage in a temporary folder.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -9,11 +9,11 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
-/** The dev binary: $BACKLESS_WORKER_BIN, else $CARGO_TARGET_DIR (or target)/debug/worker. */
-export function workerBinary() {
-  if (process.env.BACKLESS_WORKER_BIN) return process.env.BACKLESS_WORKER_BIN;
+/** The dev binary: $BACKLESS_DEV_BIN, else $CARGO_TARGET_DIR (or target)/debug/backless-dev. */
+export function devBinary() {
+  if (process.env.BACKLESS_DEV_BIN) return process.env.BACKLESS_DEV_BIN;
   const target = process.env.CARGO_TARGET_DIR || path.join(REPO, 'target');
-  return path.join(target, 'debug', 'worker');
+  return path.join(target, 'debug', 'backless-dev');
 }
 
 export async function waitFor(what, fn, timeoutMs = 20000, everyMs = 100) {
@@ -32,13 +32,13 @@ export async function waitFor(what, fn, timeoutMs = 20000, everyMs = 100) {
 }
 
 /**
- * Start `worker dev`. `env` overrides BACKLESS_* settings.
+ * Start `backless-dev`. `env` overrides BACKLESS_* settings.
  * Resolves to { url, emulator, dir, objects, stop(), pauseQueue(), resumeQueue(), storedFiles(id) }.
  */
 export async function startStack(env = {}) {
-  const bin = workerBinary();
+  const bin = devBinary();
   if (!fs.existsSync(bin)) {
-    throw new Error(`${bin} not found: build it with cargo build -p backless-worker --bin worker`);
+    throw new Error(`${bin} not found: build it with cargo build -p backless-dev`);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'backless-browser-'));
   const objects = path.join(dir, 'objects');
@@ -56,7 +56,7 @@ export async function startStack(env = {}) {
     ...env,
   };
   const log = fs.openSync(path.join(dir, 'dev.log'), 'w');
-  const child = spawn(bin, ['dev'], {
+  const child = spawn(bin, [], {
     cwd: dir,
     env: { ...process.env, ...settings },
     stdio: ['ignore', log, 'pipe'],
@@ -70,9 +70,9 @@ export async function startStack(env = {}) {
       const worker = /\(worker ([\d.:]+), Cloud Tasks emulator (http:\/\/[\d.:]+)\)/.exec(stderr);
       if (web && worker) resolve({ url: web[1], worker: `http://${worker[1]}`, emulator: worker[2] });
     });
-    child.once('exit', (code) => reject(new Error(`worker dev exited (${code}); log in ${dir}/dev.log:\n${stderr.slice(-3000)}`)));
+    child.once('exit', (code) => reject(new Error(`backless-dev exited (${code}); log in ${dir}/dev.log:\n${stderr.slice(-3000)}`)));
   });
-  const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error(`worker dev did not start; log:\n${stderr.slice(-3000)}`)), 60000));
+  const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error(`backless-dev did not start; log:\n${stderr.slice(-3000)}`)), 60000));
   const { url, worker, emulator } = await Promise.race([urls, timeout]);
   // The worker answers 503 until its models are loaded; wait, so no test waits on queue backoff.
   await waitFor('the worker to load its models', async () => (await fetch(`${worker}/readyz`)).ok, 60000, 200);

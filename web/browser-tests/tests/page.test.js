@@ -1,4 +1,4 @@
-// The BackLess page in a real browser (Debian's Chromium) against the real service (`worker dev`:
+// The BackLess page in a real browser (Debian's Chromium) against the real service (`backless-dev`:
 // emulator + worker running U²-NetP + web), as a user meets it.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';

@@ -1,4 +1,4 @@
-// Real remove.bg clients against the real service (`worker dev`: web, emulator and worker with
+// Real remove.bg clients against the real service (`backless-dev`: web, emulator and worker with
 // U²-NetP): the npm `remove.bg` client in this process, two PyPI clients in a child Python, and a
 // bounded load of synchronous requests. Each client is used unchanged; only its fixed
 // https://api.remove.bg base is pointed at the stack.

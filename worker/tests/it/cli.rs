@@ -1,4 +1,4 @@
-//! The `worker remove` command line on real files, with the real U²-NetP.
+//! The `worker remove` and `worker process` command lines on real files, with the real U²-NetP.
 
 use std::process::Command;
 
@@ -73,6 +73,54 @@ fn mask_only_and_background_colour_outputs() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn process_places_the_subject_on_a_background_image() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let ops = [
+        "remove_background",
+        "place:scale=50%,position=0% 100%",
+        "backdrop",
+        "encode:format=png",
+    ];
+    let mut cmd = worker();
+    cmd.arg("process").arg("-o").arg(&out);
+    for op in ops {
+        cmd.args(["--op", op]);
+    }
+    let result = cmd
+        .arg("--background")
+        .arg(crate::fixture("fixtures/photos/chelsea.png"))
+        .arg(crate::fixture("fixtures/photos/astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let png = image::open(out.join("astronaut.png")).unwrap();
+    assert_eq!(
+        png.color(),
+        image::ColorType::Rgb8,
+        "opaque: the background fills it"
+    );
+    assert_eq!((png.width(), png.height()), (256, 256));
+    // backdrop without a background image is a usage error, before any file is read.
+    let mut cmd = worker();
+    cmd.arg("process").arg("-o").arg(dir.path().join("none"));
+    for op in ops {
+        cmd.args(["--op", op]);
+    }
+    let result = cmd
+        .arg(crate::fixture("fixtures/photos/astronaut.png"))
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("--background"));
 }
 
 #[test]

@@ -1,27 +1,15 @@
-//! Worker integration tests: model parity with onnxruntime, weight names, bad input, the CLI.
+//! Worker integration tests: model parity with onnxruntime, weight names, bad input, the CLI,
+//! and pushes from a real Cloud Tasks emulator (retries, faults). The tests that start the whole
+//! stack (web too) are in the `backless-dev` crate.
 
 mod bad_input;
 mod cli;
-#[cfg(feature = "dev")]
-mod e2e;
-#[cfg(feature = "dev")]
 mod faults;
 mod golden;
 mod logs;
 mod metadata;
 mod network;
-#[cfg(feature = "dev")]
-mod pg_restart;
-#[cfg(feature = "dev")]
-mod pipelines;
 mod plans;
-#[cfg(feature = "dev")]
-mod push_auth;
-#[cfg(feature = "dev")]
-mod recovery;
-#[cfg(feature = "dev")]
-mod replicas;
-#[cfg(feature = "dev")]
 mod retry;
 mod startup;
 

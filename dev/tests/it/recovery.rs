@@ -17,7 +17,7 @@ impl Drop for Killed {
 }
 
 fn spawn_worker(env: &[(String, String)]) -> Killed {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
+    let mut cmd = Command::new(crate::worker_binary());
     cmd.arg("serve")
         .env_clear()
         .env("RUST_LOG", "warn")

@@ -1,6 +1,7 @@
-//! `worker dev`: the whole service on embedded defaults in one process — the Cloud Tasks
+//! `backless-dev`: the whole service on embedded defaults in one process — the Cloud Tasks
 //! emulator, the worker and web, sharing one in-process event bus, with SQLite and a local
-//! storage folder. What the README's first command runs.
+//! storage folder. What the README's first command runs. A crate of its own, so that no service
+//! depends on another: each service's binary carries only itself.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use backless_common::config::Settings;
 use backless_common::events::{Events, InProcessEvents};
 use backless_emulator::{Emulator, EmulatorConfig};
 
-use crate::config::WorkerConfig;
+use backless_worker::config::WorkerConfig;
 
 /// The service account the dev queue's tokens name, and their audience.
 const DEV_SERVICE_ACCOUNT: &str = "backless-dev@dev.iam.gserviceaccount.com";
@@ -38,9 +39,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_default("BACKLESS_PUSH_OIDC_ISSUER", emulator.issuer());
     let events: Arc<dyn Events> = Arc::new(InProcessEvents::default());
     let worker_cfg = WorkerConfig::from_settings(&settings)?;
-    let worker = crate::server::App::build_with(
+    let worker = backless_worker::server::App::build_with(
         worker_cfg,
-        crate::server::Components {
+        backless_worker::server::Components {
             events: Some(Arc::clone(&events)),
             ..Default::default()
         },
