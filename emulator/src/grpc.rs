@@ -7,9 +7,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::Response;
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::model::pb;
-use crate::rest::AppState;
 
 /// A unary service that calls one closure once.
 struct Unary<F>(Option<F>);

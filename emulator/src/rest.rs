@@ -1,24 +1,16 @@
 //! The REST front end (`/v2/...`) spoken by the `google-cloud-tasks-v2` client, plus the
 //! OIDC discovery/JWKS documents and the emulator's own test endpoints.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::engine::Engine;
+use crate::AppState;
 use crate::error::{ApiError, Code};
 use crate::json::{self, Enums};
 use crate::oidc;
-
-/// Shared state of both front ends.
-#[derive(Clone)]
-pub struct AppState {
-    pub engine: Arc<Engine>,
-}
 
 fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
@@ -115,21 +107,13 @@ fn not_found_route() -> ApiError {
     ApiError::not_found("The requested URL was not found on this server.")
 }
 
-/// Every request that is not gRPC lands here.
+/// A REST request (the router sends gRPC elsewhere).
 pub async fn handle(
     State(app): State<AppState>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-    {
-        return crate::grpc::unimplemented_path(uri.path());
-    }
     let query = Query::parse(uri.query());
     let path = percent_decode(uri.path(), false);
     match route(&app, &method, &path, &query, &body).await {

@@ -63,6 +63,17 @@ struct Bucket {
     at: Instant,
 }
 
+/// What is left of a bucket after a request was taken from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Left {
+    /// Requests per minute (the bucket's size).
+    pub limit: u32,
+    /// Whole requests left now.
+    pub remaining: u32,
+    /// How long until the bucket is full again.
+    pub full_in: Duration,
+}
+
 /// Token buckets keyed by string.
 #[derive(Debug)]
 pub struct Buckets {
@@ -78,10 +89,11 @@ impl Buckets {
         }
     }
 
-    /// Spend one request for `key` at `now`; `Err(wait)` when its bucket is empty.
-    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    /// Spend one request for `key` at `now`: what is left (`None` when unlimited), or
+    /// `Err(wait)` when its bucket is empty.
+    pub fn take(&self, key: &str, now: Instant) -> Result<Option<Left>, Duration> {
         if self.per_minute == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let cap = f64::from(self.per_minute);
         let per_sec = cap / 60.0;
@@ -100,7 +112,11 @@ impl Buckets {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            Ok(())
+            Ok(Some(Left {
+                limit: self.per_minute,
+                remaining: b.tokens as u32,
+                full_in: Duration::from_secs_f64((cap - b.tokens) / per_sec),
+            }))
         } else {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec))
         }
@@ -318,6 +334,25 @@ pub async fn limit<E: Endpoint>(
     }
 }
 
+/// remove.bg's `X-RateLimit-Limit`, `-Remaining` and `-Reset` (the Unix time the client's
+/// bucket is full again), which its clients read.
+fn rate_limit_headers(resp: &mut Response, left: Left) {
+    let reset = std::time::SystemTime::now()
+        .checked_add(left.full_in)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| {
+            d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+        });
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", u64::from(left.limit)),
+        ("x-ratelimit-remaining", u64::from(left.remaining)),
+        ("x-ratelimit-reset", reset),
+    ] {
+        headers.insert(name, poem::http::HeaderValue::from(value));
+    }
+}
+
 /// A refusal: status, code, message, how long to wait.
 type Refusal = (StatusCode, &'static str, &'static str, Duration);
 
@@ -346,19 +381,22 @@ async fn limit_inner<E: Endpoint>(
         ));
     }
     let client = limiter.signer.identify(&req);
-    if let Some(c) = &client
-        && let Err(wait) = limiter.per_client.take(&c.0, now)
-    {
-        return Ok((
-            None,
-            Some((
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests; slow down.",
-                wait,
-            )),
-        ));
-    }
+    let left = match client.as_ref().map(|c| limiter.per_client.take(&c.0, now)) {
+        Some(Err(wait)) => {
+            return Ok((
+                None,
+                Some((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many requests; slow down.",
+                    wait,
+                )),
+            ));
+        }
+        Some(Ok(left)) => left,
+        None => None,
+    };
+    let removebg = req.uri().path().starts_with("/v1.0/");
     let is_stream = req.method() == Method::GET && req.uri().path().ends_with("/events");
     let slot = if is_stream {
         // Per client id, per address (a client without a cookie is still one address) and per
@@ -404,6 +442,9 @@ async fn limit_inner<E: Endpoint>(
         None
     };
     let mut resp = ep.call(req).await?.into_response();
+    if removebg && let Some(left) = left {
+        rate_limit_headers(&mut resp, left);
+    }
     // Hold the stream slots and the transfer permit for as long as the body is being sent.
     if slot.is_some() || transfer.is_some() {
         hold_until_sent(&mut resp, (slot, transfer));
@@ -430,7 +471,10 @@ mod tests {
         assert!(b.take("b", t0).is_ok(), "keys are independent");
         assert!(b.take("a", t0 + Duration::from_secs(1)).is_ok());
         assert!(b.take("a", t0 + Duration::from_secs(1)).is_err());
-        assert!(Buckets::new(0).take("a", t0).is_ok(), "0 = unlimited");
+        assert_eq!(Buckets::new(0).take("a", t0), Ok(None), "0 = unlimited");
+        let left = Buckets::new(60).take("c", t0).unwrap().unwrap();
+        assert_eq!((left.limit, left.remaining), (60, 59));
+        assert_eq!(left.full_in, Duration::from_secs(1));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use backless_common::limits::ImageLimits;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{Arch, Segmenter};
-use crate::pipeline::{Crop, OutputFormat, OutputOptions, Rgb, remove_background};
+use crate::ops::remove_background;
+use crate::pipeline::{Crop, OutputFormat, OutputOptions, Rgb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -285,7 +286,7 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     };
     let files = collect_inputs(&args.inputs, ext);
     batch(&files, &args.output, |bytes| {
-        Ok(remove_background(&seg, bytes, &limits, &opts, |_, _| {})?.bytes)
+        Ok(remove_background(&seg, bytes, &limits, &opts)?.bytes)
     })
 }
 
@@ -394,7 +395,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let forward_cpu_ms = (process_cpu_ms() - cpu0) / args.runs.max(1) as f64;
     let opts = OutputOptions::default();
     let mut pipeline = || -> anyhow::Result<()> {
-        remove_background(&seg, &bytes, &limits, &opts, |_, _| {})?;
+        remove_background(&seg, &bytes, &limits, &opts)?;
         Ok(())
     };
     let pipeline_ms = median(

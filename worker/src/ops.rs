@@ -102,6 +102,21 @@ pub fn run(
     })
 }
 
+/// Background removal on one file with the CLI's options (`worker remove`): the same pipeline
+/// a job with those options runs.
+pub fn remove_background(
+    segmenter: &Segmenter,
+    bytes: &[u8],
+    limits: &ImageLimits,
+    opts: &OutputOptions,
+) -> Result<Output, PipelineError> {
+    if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
+        return Err(PipelineError::JpegNeedsBackground);
+    }
+    let ops = opts.operations(&segmenter.info.name);
+    run(&ops, bytes, None, limits, Some(segmenter), |_| {})
+}
+
 /// One operation on `work`; `encode` returns the encoded bytes.
 pub fn apply(
     work: &mut Work,
@@ -1056,6 +1071,26 @@ mod tests {
         let mut work = Work::new(img);
         let err = backdrop(&mut work, b"not an image", &ImageLimits::default()).unwrap_err();
         assert_eq!(err.code(), "invalid_background");
+    }
+
+    #[test]
+    fn encoders_write_no_hidden_colour() {
+        // Whatever reaches the encoder (here an upload's own hidden colours) is cleared too.
+        let hidden =
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(3, 3, image::Rgba([9, 8, 7, 0])));
+        for format in [OutputFormat::Png, OutputFormat::Webp] {
+            let back = image::load_from_memory(&encode(&hidden, format, None).unwrap())
+                .unwrap()
+                .to_rgba8();
+            assert!(back.pixels().all(|p| p.0 == [0; 4]), "{format:?}");
+        }
+        let la = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(
+            2,
+            2,
+            image::LumaA([77, 0]),
+        ));
+        let back = image::load_from_memory(&encode(&la, OutputFormat::Png, None).unwrap()).unwrap();
+        assert!(back.to_luma_alpha8().pixels().all(|p| p.0 == [0, 0]));
     }
 
     #[test]

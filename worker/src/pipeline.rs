@@ -4,7 +4,6 @@
 
 use std::io::Cursor;
 use std::str::FromStr;
-use std::time::Duration;
 
 pub use backless_common::db::OutputFormat;
 use backless_common::job::{Margin, PlanError, Size};
@@ -16,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use backless_common::job::Operation;
 
 use crate::model::{ModelError, ModelInfo, ResizeFilter, Segmenter};
-use crate::ops::Progress;
 use crate::resample::{self, Filter};
 
 /// Why an image could not be turned into a result. Everything but `Model` is the input's fault:
@@ -160,15 +158,6 @@ impl Default for OutputOptions {
             decontaminate: true,
         }
     }
-}
-
-/// Stages reported while processing, with how long the stage took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Decoded,
-    Segmented,
-    Composited,
-    Encoded,
 }
 
 /// The finished image.
@@ -463,37 +452,6 @@ impl OutputOptions {
     }
 }
 
-/// Background removal on one file (the CLI's `remove`); `on_stage` hears each stage as it
-/// ends, with its duration.
-pub fn remove_background(
-    segmenter: &Segmenter,
-    bytes: &[u8],
-    limits: &ImageLimits,
-    opts: &OutputOptions,
-    mut on_stage: impl FnMut(Stage, Duration),
-) -> Result<Output, PipelineError> {
-    if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
-        return Err(PipelineError::JpegNeedsBackground);
-    }
-    let ops = opts.operations(&segmenter.info.name);
-    let mut segmented = Duration::ZERO;
-    crate::ops::run(&ops, bytes, None, limits, Some(segmenter), |p| match p {
-        Progress::Decoded(took) => on_stage(Stage::Decoded, took),
-        Progress::Segmented(took) => {
-            segmented = took;
-            on_stage(Stage::Segmented, took);
-        }
-        Progress::Finished(i, took) => match ops[i] {
-            Operation::RemoveBackground { .. } => {
-                on_stage(Stage::Composited, took.saturating_sub(segmented))
-            }
-            Operation::Encode { .. } => on_stage(Stage::Encoded, took),
-            _ => {}
-        },
-        Progress::Started(_) => {}
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,24 +503,6 @@ mod tests {
         assert_eq!(px.get_pixel(0, 0).0, [0, 0, 0, 0]);
         assert_eq!(px.get_pixel(1, 0).0, [200, 100, 50, 255]);
         assert_eq!(px.get_pixel(2, 0).0[3], 128);
-        // Whatever reaches the encoder (here an upload's own hidden colours) is cleared too.
-        let hidden =
-            DynamicImage::ImageRgba8(RgbaImage::from_pixel(3, 3, image::Rgba([9, 8, 7, 0])));
-        for format in [OutputFormat::Png, OutputFormat::Webp] {
-            let back = image::load_from_memory(&crate::ops::encode(&hidden, format, None).unwrap())
-                .unwrap()
-                .to_rgba8();
-            assert!(back.pixels().all(|p| p.0 == [0; 4]), "{format:?}");
-        }
-        let la = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(
-            2,
-            2,
-            image::LumaA([77, 0]),
-        ));
-        let back =
-            image::load_from_memory(&crate::ops::encode(&la, OutputFormat::Png, None).unwrap())
-                .unwrap();
-        assert!(back.to_luma_alpha8().pixels().all(|p| p.0 == [0, 0]));
     }
 
     #[test]

@@ -92,6 +92,22 @@ impl Margin {
         ]
     }
 
+    /// Whether every side is in range: pixels up to [`MAX_TARGET_SIDE`], percentages 0 to 100.
+    pub fn check(&self) -> Result<(), String> {
+        for side in self.0 {
+            let ok = match side {
+                Length::Px(px) => px <= MAX_TARGET_SIDE,
+                Length::Percent(p) => p.is_finite() && (0.0..=100.0).contains(&p),
+            };
+            if !ok {
+                return Err(format!(
+                    "margin {side} is out of range: 0 to {MAX_TARGET_SIDE} pixels or 0% to 100%"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The sides: top, right, bottom, left.
     pub fn sides(&self) -> [Length; 4] {
         self.0
@@ -160,11 +176,10 @@ impl Serialize for Margin {
 
 impl<'de> Deserialize<'de> for Margin {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A number is read as it is, so a record with a margin out of range is refused by the
+        // pipeline's checks (`bad_parameter`), as every other parameter is.
         match MarginRepr::deserialize(d)? {
-            MarginRepr::Px(px) if px <= MAX_TARGET_SIDE => Ok(Margin::px(px)),
-            MarginRepr::Px(px) => Err(serde::de::Error::custom(format!(
-                "margin {px} is over {MAX_TARGET_SIDE} pixels"
-            ))),
+            MarginRepr::Px(px) => Ok(Margin::px(px)),
             MarginRepr::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -318,7 +333,10 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(json, "\"5%\"");
         assert_eq!(serde_json::from_str::<Margin>(&json).unwrap(), m);
-        assert!(serde_json::from_str::<Margin>("4294967295").is_err());
+        // Read as stored; the pipeline's checks refuse it (see `Margin::check`).
+        let huge = serde_json::from_str::<Margin>("4294967295").unwrap();
+        assert!(huge.check().is_err());
+        assert!(Margin::px(MAX_TARGET_SIDE).check().is_ok());
     }
 
     #[test]

@@ -425,8 +425,11 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
                 return bad(format!("bg_color {c:?} must be #rrggbb"));
             }
         }
-        // Margins and regions are checked as they are parsed or read.
-        Operation::CropToSubject { .. } | Operation::Backdrop => {}
+        Operation::CropToSubject { margin, .. } => {
+            margin.check().map_err(|m| OpsError::bad(name, m))?
+        }
+        // Regions are checked as they are parsed or read.
+        Operation::Backdrop => {}
         Operation::Place { scale, position } => {
             if scale.is_none() && position.is_none() {
                 return bad("give scale, position or both".into());

@@ -71,6 +71,8 @@ test('npm remove.bg: a file, base64 with channels=alpha, bg_color and a URL', as
   assert.equal(Number(file.resultWidth), info.width);
   assert.equal(Number(file.resultHeight), info.height);
   assert.equal(String(file.creditsCharged), '1');
+  assert.ok(Number(file.rateLimit) > 0 && Number(file.rateLimitRemaining) < Number(file.rateLimit), JSON.stringify(file));
+  assert.ok(Number(file.rateLimitReset) * 1000 > Date.now() - 1000, 'reset is a Unix time');
 
   const b64 = fs.readFileSync(ASTRONAUT).toString('base64');
   const mask = await rbg.removeBackgroundFromImageBase64({ base64img: b64, apiKey: KEY, size: 'medium', channels: 'alpha' });

@@ -108,6 +108,15 @@ async fn a_file_is_answered_with_the_image_and_the_job_is_gone() {
     assert_eq!(h["x-height"], "8");
     assert_eq!(h["x-credits-charged"], "1");
     assert!(h.contains_key("x-type"));
+    // remove.bg's rate-limit headers, from the key's own bucket.
+    let header = |name: &str| h[name].to_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(header("x-ratelimit-limit"), 300);
+    assert!(header("x-ratelimit-remaining") < 300);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now..now + 61).contains(&header("x-ratelimit-reset")));
     let body = res.bytes().await.unwrap();
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 8);
     // Deleted once answered: record, original and result.

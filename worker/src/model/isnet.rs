@@ -8,7 +8,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ConvSpec;
-use super::ops::{Conv, upsample_to};
+use super::layers::{Conv, upsample_to};
 use super::rsu::{Rsu, StageSpec, rsu};
 use super::u2net::{U2NetConfig, encode_decode, head};
 

@@ -7,7 +7,7 @@
 
 pub mod isnet;
 pub mod kernels;
-pub mod ops;
+pub mod layers;
 pub mod rsu;
 pub mod u2net;
 

@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ConvSpec;
-use super::ops::{Conv, max_pool_ceil, upsample_like};
+use super::layers::{Conv, max_pool_ceil, upsample_like};
 
 /// The shape of one RSU block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

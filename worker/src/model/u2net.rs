@@ -8,7 +8,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops::{Conv, max_pool_ceil, upsample_like};
+use super::layers::{Conv, max_pool_ceil, upsample_like};
 use super::rsu::{Rsu, StageSpec, rsu, rsu4f};
 use super::{Arch, ConvSpec};
 

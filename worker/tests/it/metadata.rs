@@ -4,7 +4,8 @@
 use std::io::Cursor;
 
 use backless_common::limits::ImageLimits;
-use backless_worker::pipeline::{OutputFormat, OutputOptions, Rgb, remove_background};
+use backless_worker::ops::remove_background;
+use backless_worker::pipeline::{OutputFormat, OutputOptions, Rgb};
 use image::{ImageDecoder, ImageFormat, RgbImage};
 
 /// A big-endian TIFF/EXIF block: IFD0 holds only a GPS IFD pointer; the GPS IFD says 51°30'N,
@@ -81,8 +82,7 @@ fn gps_exif_is_not_carried_into_any_output() {
             crop: None,
             ..OutputOptions::default()
         };
-        let out =
-            remove_background(&seg, &input, &ImageLimits::default(), &opts, |_, _| {}).unwrap();
+        let out = remove_background(&seg, &input, &ImageLimits::default(), &opts).unwrap();
         let b = &out.bytes;
         let what = format!("{format:?} mask_only={mask_only}");
         assert!(!contains(b, b"GPSMARK!"), "{what}: GPS data in the output");

@@ -15,6 +15,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::SharedMut;
+use super::shape::finish_row;
+pub use super::shape::{ConvShape, Epilogue};
 use super::winograd::WinogradConv;
 
 /// Bytes of `col` one tile aims at (a share of a 1 MiB L2).
@@ -37,26 +39,6 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Shape of one convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvShape {
-    pub in_ch: usize,
-    pub out_ch: usize,
-    pub kernel: usize,
-    pub dilation: usize,
-    pub stride: usize,
-    pub padding: usize,
-}
-
-impl ConvShape {
-    /// Output height and width for an `h` x `w` input.
-    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        let span = self.dilation * (self.kernel - 1) + 1;
-        let o = |n: usize| (n + 2 * self.padding).saturating_sub(span) / self.stride + 1;
-        (o(h), o(w))
-    }
-}
-
 /// A convolution's weights, laid out for the kernel at load time.
 #[derive(Debug, Clone)]
 pub struct PackedConv {
@@ -68,14 +50,6 @@ pub struct PackedConv {
     /// The same weights transformed for Winograd (F(4x4) or F(2x2), by width), for stride-1 3x3
     /// layers.
     winograd: Option<WinogradConv>,
-}
-
-/// What happens to each output value after the convolution and bias.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Epilogue<'a> {
-    pub relu: bool,
-    /// Added after the ReLU (RSU's `hx1d + hxin`); same shape as the output.
-    pub residual: Option<&'a [f32]>,
 }
 
 impl PackedConv {
@@ -315,32 +289,6 @@ struct Geom {
     h: usize,
     w: usize,
     wo: usize,
-}
-
-/// ReLU and residual on one biased output value at flat index `at`.
-#[inline(always)]
-pub(super) fn finish_value(x: f32, ep: Epilogue, at: usize) -> f32 {
-    let x = if ep.relu { x.max(0.0) } else { x };
-    match ep.residual {
-        Some(r) => x + r[at],
-        None => x,
-    }
-}
-
-/// Bias, ReLU and residual on one output row segment starting at flat index `at`.
-#[inline(always)]
-pub(super) fn finish_row(row: &mut [f32], bias: f32, ep: Epilogue, at: usize) {
-    match (ep.relu, ep.residual) {
-        (false, None) => row.iter_mut().for_each(|v| *v += bias),
-        (true, None) => row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
-        (relu, Some(res)) => {
-            let res = &res[at..at + row.len()];
-            for (v, r) in row.iter_mut().zip(res) {
-                let x = *v + bias;
-                *v = if relu { x.max(0.0) } else { x } + r;
-            }
-        }
-    }
 }
 
 /// Fill `col` (`in_ch * k * k` rows of `p1 - p0` values) for output pixels `p0..p1`.

@@ -1,4 +1,4 @@
-//! CPU kernels on contiguous f32 NCHW data (batch 1), called by [`super::ops`] when a tensor lives
+//! CPU kernels on contiguous f32 NCHW data (batch 1), called by [`super::layers`] when a tensor lives
 //! on the CPU. Other devices keep candle's own ops.
 //!
 //! - [`conv`]: 3x3 / 1x1 convolution as tiled im2col + `gemm`, with bias, ReLU, a residual add and
@@ -11,6 +11,7 @@
 
 pub mod conv;
 pub mod resample;
+pub mod shape;
 pub mod winograd;
 
 pub use winograd::release_workspace;

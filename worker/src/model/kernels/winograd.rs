@@ -20,9 +20,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::SharedMut;
-use super::conv::{ConvShape, Epilogue, finish_row, finish_value};
 #[cfg(target_arch = "x86_64")]
 use super::has_avx2_fma;
+use super::shape::{ConvShape, Epilogue, finish_row, finish_value};
 
 /// Bytes of padded input per band of tile rows (a share of the last-level cache).
 const BAND_BYTES: usize = 4 << 20;
@@ -209,7 +209,7 @@ impl WinogradConv {
         (a * a * tiles) as f64 / (9 * h * w) as f64
     }
 
-    /// Same contract as [`super::conv::PackedConv::run`].
+    /// Same contract as `PackedConv::run` (conv.rs).
     pub fn run(&self, planes: &[&[f32]], h: usize, w: usize, epilogue: Epilogue) -> Vec<f32> {
         match self.tile {
             Tile::F2 => self.run_with::<T2>(planes, h, w, epilogue),
