@@ -323,7 +323,7 @@ pub async fn limit<E: Endpoint>(
     limiter: Arc<Limiter>,
 ) -> poem::Result<Response> {
     let removebg = req.uri().path().starts_with("/v1.0/");
-    let (resp, refused) = limit_inner(ep, req, limiter).await?;
+    let (resp, refused) = limit_inner(ep, req, limiter, removebg).await?;
     match refused {
         Some((status, code, message, wait)) => Ok(if removebg {
             refuse_removebg(status, code, message, wait)
@@ -360,6 +360,7 @@ async fn limit_inner<E: Endpoint>(
     ep: Arc<E>,
     req: Request,
     limiter: Arc<Limiter>,
+    removebg: bool,
 ) -> poem::Result<(Option<Response>, Option<Refusal>)> {
     let mut req = req;
     let now = Instant::now();
@@ -396,7 +397,6 @@ async fn limit_inner<E: Endpoint>(
         Some(Ok(left)) => left,
         None => None,
     };
-    let removebg = req.uri().path().starts_with("/v1.0/");
     let is_stream = req.method() == Method::GET && req.uri().path().ends_with("/events");
     let slot = if is_stream {
         // Per client id, per address (a client without a cookie is still one address) and per

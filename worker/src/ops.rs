@@ -232,8 +232,8 @@ fn keep_region(mask: &mut GrayImage, roi: &Region) {
 }
 
 /// `img` with its subject (the box of `mask` above the crop threshold) scaled to fit in
-/// `scale` percent of the image and moved to `position` (percentages of the free space; centred
-/// when only scaled, kept where it was when not given), on a canvas of `background`.
+/// `scale` percent of the image (its size kept when not given) and moved to `position`
+/// (percentages of the free space; centred when not given), on a canvas of `background`.
 fn place(
     img: &DynamicImage,
     mask: &GrayImage,
@@ -255,16 +255,9 @@ fn place(
             (side(bw, w), side(bh, h))
         }
     };
-    let [px, py] = position.unwrap_or(if scale.is_some() {
-        [50.0, 50.0]
-    } else {
-        // Where it was: the same share of the free space on each side.
-        let share = |at: u32, free: u32| match free {
-            0 => 50.0,
-            f => at as f32 * 100.0 / f as f32,
-        };
-        [share(bx, w - bw), share(by, h - bh)]
-    });
+    // Without a position the operation has a scale (the pipeline checks it has one of them),
+    // and a scaled subject is centred.
+    let [px, py] = position.unwrap_or([50.0, 50.0]);
     let at = |free: u32, p: f32| (f64::from(free) * f64::from(p) / 100.0).round() as i64;
     let (x, y) = (at(w - nw, px), at(h - nh, py));
     let subject = self::scale(&img.crop_imm(bx, by, bw, bh), nw, nh, false)?;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::pipeline::MAX_TARGET_SIDE;
+use super::pipeline::{MAX_TARGET_SIDE, MIN_PLACE_SCALE};
 
 /// A length in pixels, or a percentage (0 to 100) of a reference length.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -260,19 +260,41 @@ fn percent(v: &str) -> Option<f32> {
     v.strip_suffix('%').unwrap_or(v).trim().parse().ok()
 }
 
-/// `place`'s scale as remove.bg writes it: `original` (none) or a percentage (its range is
-/// checked with the operation).
+/// `place`'s scale, in percent of the image: [`MIN_PLACE_SCALE`] to 100.
+pub fn check_scale(s: f32) -> Result<f32, String> {
+    if s.is_finite() && (MIN_PLACE_SCALE..=100.0).contains(&s) {
+        Ok(s)
+    } else {
+        Err(format!(
+            "scale must be {MIN_PLACE_SCALE}% to 100%, not {s}%"
+        ))
+    }
+}
+
+/// `place`'s position, in percent of the free space across and down: 0 to 100 each.
+pub fn check_position(p: [f32; 2]) -> Result<[f32; 2], String> {
+    if p.iter().all(|v| v.is_finite() && (0.0..=100.0).contains(v)) {
+        Ok(p)
+    } else {
+        Err(format!(
+            "position must be 0% to 100% across and down, not {}% {}%",
+            p[0], p[1]
+        ))
+    }
+}
+
+/// `place`'s scale as remove.bg writes it: `original` (none) or a percentage in range.
 pub fn parse_scale(v: &str) -> Result<Option<f32>, String> {
     if v.trim().eq_ignore_ascii_case("original") {
         return Ok(None);
     }
-    percent(v)
-        .map(Some)
-        .ok_or_else(|| format!("scale must be original or a percentage (80%), not {v:?}"))
+    let s = percent(v)
+        .ok_or_else(|| format!("scale must be original or a percentage (80%), not {v:?}"))?;
+    check_scale(s).map(Some)
 }
 
 /// `place`'s position as remove.bg writes it: `original` (none), `center`, or one or two
-/// percentages (across, down).
+/// percentages (across, down) in range.
 pub fn parse_position(v: &str) -> Result<Option<[f32; 2]>, String> {
     match v.trim().to_ascii_lowercase().as_str() {
         "original" => return Ok(None),
@@ -281,8 +303,8 @@ pub fn parse_position(v: &str) -> Result<Option<[f32; 2]>, String> {
     }
     let values: Option<Vec<f32>> = v.split_whitespace().map(percent).collect();
     match values.as_deref() {
-        Some([both]) => Ok(Some([*both, *both])),
-        Some([x, y]) => Ok(Some([*x, *y])),
+        Some([both]) => check_position([*both, *both]).map(Some),
+        Some([x, y]) => check_position([*x, *y]).map(Some),
         _ => Err(format!(
             "position must be original, center, or one or two percentages (50% 100%), not {v:?}"
         )),

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::colour::normalize_color;
 use super::format::OutputFormat;
-use super::geometry::{Margin, Region, parse_position, parse_scale};
+use super::geometry::{Margin, Region, check_position, check_scale, parse_position, parse_scale};
 use super::model::DEFAULT_MODEL;
 
 /// Most operations one job may carry.
@@ -434,20 +434,11 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
             if scale.is_none() && position.is_none() {
                 return bad("give scale, position or both".into());
             }
-            if let Some(s) = scale
-                && !(s.is_finite() && (MIN_PLACE_SCALE..=100.0).contains(s))
-            {
-                return bad(format!(
-                    "scale must be {MIN_PLACE_SCALE}% to 100%, not {s}%"
-                ));
+            if let Some(s) = scale {
+                check_scale(*s).map_err(|m| OpsError::bad(name, m))?;
             }
-            if let Some(p) = position
-                && !p.iter().all(|v| v.is_finite() && (0.0..=100.0).contains(v))
-            {
-                return bad(format!(
-                    "position must be 0% to 100% across and down, not {}% {}%",
-                    p[0], p[1]
-                ));
+            if let Some(p) = position {
+                check_position(*p).map_err(|m| OpsError::bad(name, m))?;
             }
         }
         Operation::Resize { width, height, .. } => {

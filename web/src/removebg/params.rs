@@ -12,8 +12,7 @@ use std::collections::HashMap;
 
 use backless_common::db::OutputFormat;
 use backless_common::job::{
-    Length, MIN_PLACE_SCALE, Margin, Operation, Pipeline, Region, normalize_color, parse_position,
-    parse_scale,
+    Length, Margin, Operation, Pipeline, Region, normalize_color, parse_position, parse_scale,
 };
 
 /// One refused parameter: remove.bg's error code and a message.
@@ -234,30 +233,11 @@ impl Params {
             .transpose()
             .map_err(|e| err("invalid_scale", e))?
             .flatten();
-        if let Some(s) = scale
-            && !(MIN_PLACE_SCALE..=100.0).contains(&s)
-        {
-            return Err(err(
-                "invalid_scale",
-                format!("scale must be original or {MIN_PLACE_SCALE}% to 100%, not {s}%"),
-            ));
-        }
         let position = get("position")
             .map(parse_position)
             .transpose()
             .map_err(|e| err("invalid_position", e))?
             .flatten();
-        if let Some(p) = position
-            && !p.iter().all(|v| (0.0..=100.0).contains(v))
-        {
-            return Err(err(
-                "invalid_position",
-                format!(
-                    "position must be 0% to 100% across and down, not {}% {}%",
-                    p[0], p[1]
-                ),
-            ));
-        }
         let bg_image_url = get("bg_image_url").map(str::to_string);
         let bg_image_file = get("bg_image_file").is_some();
         let backgrounds = [bg_color.is_some(), bg_image_url.is_some(), bg_image_file];
