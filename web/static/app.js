@@ -74,9 +74,15 @@ function setMessage(el, lines) {
   el.hidden = list.length === 0;
 }
 
+/** The quality of the page's "WebP, lossy" choice. */
+const LOSSY_WEBP_QUALITY = 80;
+
 /** The processing options chosen on the page, as form fields. */
 function chosenOptions() {
-  const format = $('opt-format').value;
+  // 'webp-lossy' is WebP at a quality: lossy colour, exact alpha, the smallest files.
+  const choice = $('opt-format').value;
+  const quality = choice === 'webp-lossy' ? LOSSY_WEBP_QUALITY : null;
+  const format = quality ? 'webp' : choice;
   const solid = $('opt-solid').checked || format === 'jpeg';
   const remove = $('opt-task').value === 'remove';
   const mask = $('opt-mask').checked;
@@ -85,7 +91,7 @@ function chosenOptions() {
   const filter = $('opt-filter').value;
   const text = $('opt-watermark').value.trim();
   if (remove && !width && !filter && !text) {
-    return { model: $('opt-model').value, format, mask_only: mask, crop: $('opt-crop').checked, bg_color: bg };
+    return { model: $('opt-model').value, format, quality, mask_only: mask, crop: $('opt-crop').checked, bg_color: bg };
   }
   // Anything more is a pipeline of operations (the `op` form fields).
   const op = [];
@@ -99,7 +105,7 @@ function chosenOptions() {
   if (filter) op.push(`filter:${filter}`);
   if (width > 0) op.push(`resize:width=${width}`);
   if (text) op.push(`watermark:text=${text},position=bottom_right,opacity=0.6`);
-  op.push(`encode:format=${format}`);
+  op.push(`encode:format=${format}` + (quality ? `,quality=${quality}` : ''));
   return { op };
 }
 

@@ -65,7 +65,7 @@ pub struct BenchOpsArgs {
 
 /// The operations `bench-ops` times, by the names scripts/bench_ops_pillow.py uses for the same
 /// work in Pillow.
-pub const BENCH_OPS: [(&str, &str); 11] = [
+pub const BENCH_OPS: [(&str, &str); 12] = [
     ("resize_1200", "resize:width=1200"),
     ("thumbnail_256", "thumbnail:size=256"),
     ("watermark", "watermark:text=BackLess sample,opacity=0.6"),
@@ -77,6 +77,7 @@ pub const BENCH_OPS: [(&str, &str); 11] = [
     ("encode_png", "encode:format=png"),
     ("encode_jpeg_90", "encode:format=jpeg,quality=90"),
     ("encode_webp_lossless", "encode:format=webp"),
+    ("encode_webp_lossy_80", "encode:format=webp,quality=80"),
 ];
 
 #[derive(Debug, Args)]
@@ -99,9 +100,14 @@ pub struct RemoveArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub model: ModelSelection,
-    /// Output format: png, webp (lossless) or jpeg (needs --bg-color or --mask-only).
+    /// Output format: png, webp (lossless unless --quality is given) or jpeg (needs --bg-color
+    /// or --mask-only).
     #[arg(long, default_value = "png")]
     pub format: OutputFormat,
+    /// 1-100: JPEG's quality (default 90), or lossy WebP at this quality (alpha stays
+    /// lossless). PNG takes none.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: Option<u8>,
     /// Write the mask alone, as a grayscale image.
     #[arg(long)]
     pub mask_only: bool,
@@ -122,6 +128,10 @@ pub struct RemoveArgs {
     /// removes the old background's halo).
     #[arg(long)]
     pub keep_edge_colours: bool,
+    /// Refine the mask by closed-form alpha matting where it is unsure (hair, fur): slower,
+    /// and more memory.
+    #[arg(long)]
+    pub matting: bool,
     /// Largest accepted image, in megapixels.
     #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
     pub max_megapixels: f64,
@@ -268,9 +278,13 @@ fn limits(max_megapixels: f64) -> ImageLimits {
 pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let device = crate::model::default_device()?;
     let seg = Segmenter::load(&args.model.models_dir, &args.model.model, &device)?;
+    if args.quality.is_some() && args.format == OutputFormat::Png {
+        anyhow::bail!("--quality applies to jpeg and webp (PNG is lossless)");
+    }
     let limits = limits(args.max_megapixels);
     let opts = OutputOptions {
         format: args.format,
+        quality: args.quality,
         mask_only: args.mask_only,
         bg_color: args.bg_color,
         crop: args.crop.then_some(Crop {
@@ -278,6 +292,7 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
             margin: args.crop_margin,
         }),
         decontaminate: !args.keep_edge_colours,
+        matting: args.matting,
     };
     let ext = if args.mask_only && args.format == OutputFormat::Jpeg {
         "jpg"

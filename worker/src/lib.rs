@@ -4,7 +4,9 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod encode;
 pub mod foreground;
+pub mod matting;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -5,7 +5,6 @@
 //! RGBA (resizing premultiplies, so transparent edges do not darken), and JPEG output is refused
 //! when a pixel is actually transparent.
 
-use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use backless_common::db::OutputFormat;
@@ -13,8 +12,9 @@ use backless_common::job::plan::{resize_dimensions, thumbnail_dimensions};
 use backless_common::job::{FilterKind, Fit, Operation, Plan, Position, Region, Size};
 use backless_common::limits::ImageLimits;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, GrayImage, ImageFormat, Rgba, RgbaImage};
+use image::{DynamicImage, GrayImage, Rgba, RgbaImage};
 
+pub use crate::encode::encode;
 use crate::model::Segmenter;
 use crate::pipeline::{self, Crop, Output, OutputOptions, PipelineError, Rgb};
 
@@ -130,6 +130,7 @@ pub fn apply(
             mask_only,
             bg_color,
             decontaminate,
+            matting,
             roi,
             ..
         } => {
@@ -139,12 +140,21 @@ pub fn apply(
             if let Some(roi) = roi {
                 keep_region(&mut mask, roi);
             }
+            if *matting {
+                let params = crate::matting::Params::default();
+                mask = match &work.img {
+                    DynamicImage::ImageRgb8(rgb) => crate::matting::refine(rgb, &mask, &params),
+                    other => crate::matting::refine(&other.to_rgb8(), &mask, &params),
+                };
+            }
             let opts = OutputOptions {
                 format: OutputFormat::Png,
+                quality: None,
                 mask_only: *mask_only,
                 bg_color: bg_color.as_deref().and_then(|c| c.parse::<Rgb>().ok()),
                 crop: None,
                 decontaminate: *decontaminate,
+                matting: *matting,
             };
             work.background = match opts.bg_color {
                 Some(Rgb([r, g, b])) if !mask_only => [r, g, b, 255],
@@ -589,102 +599,11 @@ fn bytes_mut(img: &mut DynamicImage) -> Option<&mut [u8]> {
     }
 }
 
-/// True when some pixel is not fully opaque.
-fn has_transparency(img: &DynamicImage) -> bool {
-    match img {
-        DynamicImage::ImageLumaA8(b) => b.pixels().any(|p| p.0[1] < 255),
-        DynamicImage::ImageRgba8(b) => b.pixels().any(|p| p.0[3] < 255),
-        _ => false,
-    }
-}
-
-/// Encode (no metadata is ever written). Fully transparent pixels are written with colour 0 in
-/// every format that keeps alpha (see [`pipeline::clear_hidden_colour`]; the image is copied
-/// only when it still has such colours). WebP is lossless. JPEG refuses transparent pixels (an
-/// opaque alpha channel is dropped); a zip carries the alpha as its own matte.
-pub fn encode(
-    img: &DynamicImage,
-    format: OutputFormat,
-    quality: Option<u8>,
-) -> Result<Vec<u8>, PipelineError> {
-    let cleared;
-    let img = if format.has_alpha() && pipeline::carries_hidden_colour(img) {
-        let mut copy = img.clone();
-        pipeline::clear_hidden_colour(&mut copy);
-        cleared = copy;
-        &cleared
-    } else {
-        img
-    };
-    let mut buf = Cursor::new(Vec::new());
-    let result = match format {
-        OutputFormat::Png => img.write_to(&mut buf, ImageFormat::Png),
-        OutputFormat::Webp => img.write_to(&mut buf, ImageFormat::WebP),
-        OutputFormat::Jpeg if has_transparency(img) => {
-            return Err(PipelineError::JpegNeedsBackground);
-        }
-        OutputFormat::Jpeg => return jpeg(img, quality),
-        OutputFormat::Zip => return zip_pair(img, quality),
-    };
-    result.map_err(PipelineError::Encode)?;
-    Ok(buf.into_inner())
-}
-
-/// The image's colour channels as JPEG (any alpha ignored).
-fn jpeg(img: &DynamicImage, quality: Option<u8>) -> Result<Vec<u8>, PipelineError> {
-    let mut buf = Cursor::new(Vec::new());
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality.unwrap_or(90));
-    let result = match img {
-        DynamicImage::ImageLuma8(_) => img.write_with_encoder(enc),
-        DynamicImage::ImageLumaA8(_) => {
-            DynamicImage::ImageLuma8(img.to_luma8()).write_with_encoder(enc)
-        }
-        _ => DynamicImage::ImageRgb8(img.to_rgb8()).write_with_encoder(enc),
-    };
-    result.map_err(PipelineError::Encode)?;
-    Ok(buf.into_inner())
-}
-
-/// remove.bg's zip: `color.jpg` (the colours; 0 where the image is fully transparent) and
-/// `alpha.png` (8-bit grey: the alpha channel, all white for an opaque image), stored
-/// uncompressed (both are compressed already), with no timestamps or other metadata.
-fn zip_pair(img: &DynamicImage, quality: Option<u8>) -> Result<Vec<u8>, PipelineError> {
-    use std::io::Write;
-    let alpha = match img {
-        DynamicImage::ImageLumaA8(b) => GrayImage::from_fn(b.width(), b.height(), |x, y| {
-            image::Luma([b.get_pixel(x, y).0[1]])
-        }),
-        DynamicImage::ImageRgba8(b) => GrayImage::from_fn(b.width(), b.height(), |x, y| {
-            image::Luma([b.get_pixel(x, y).0[3]])
-        }),
-        _ => GrayImage::from_pixel(img.width(), img.height(), image::Luma([255])),
-    };
-    let files = [
-        ("color.jpg", jpeg(img, quality)?),
-        (
-            "alpha.png",
-            encode(&DynamicImage::ImageLuma8(alpha), OutputFormat::Png, None)?,
-        ),
-    ];
-    let failed = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "writing the zip failed");
-        PipelineError::Operation("the zip could not be written".into())
-    };
-    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .last_modified_time(zip::DateTime::default());
-    for (name, bytes) in files {
-        zip.start_file(name, options).map_err(|e| failed(&e))?;
-        zip.write_all(&bytes).map_err(|e| failed(&e))?;
-    }
-    Ok(zip.finish().map_err(|e| failed(&e))?.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use image::{ImageFormat, Rgb as Px, RgbImage};
+    use std::io::Cursor;
 
     /// A photo-like gradient with a red square, `w` x `h`.
     fn photo(w: u32, h: u32) -> DynamicImage {
@@ -956,6 +875,7 @@ mod tests {
         for (op, format) in [
             ("encode:format=png", ImageFormat::Png),
             ("encode:format=webp", ImageFormat::WebP),
+            ("encode:format=webp,quality=70", ImageFormat::WebP),
             ("encode:format=jpeg,quality=60", ImageFormat::Jpeg),
         ] {
             let (out, back) = run_ops(&base, &["thumbnail:size=64", op]).unwrap();
@@ -977,6 +897,8 @@ mod tests {
         // Alpha kept where the format allows it.
         let (_, webp) = run_ops(&see_through, &["encode:format=webp"]).unwrap();
         assert_eq!(webp.to_rgba8().get_pixel(3, 3).0[3], 100);
+        let (_, lossy) = run_ops(&see_through, &["encode:format=webp,quality=50"]).unwrap();
+        assert_eq!(lossy.to_rgba8().get_pixel(3, 3).0[3], 100);
         let opaque = DynamicImage::ImageRgba8(RgbaImage::from_pixel(8, 8, Rgba([1, 2, 3, 255])));
         assert!(run_ops(&opaque, &["encode:format=jpeg"]).is_ok());
     }
@@ -1084,6 +1006,54 @@ mod tests {
         ));
         let back = image::load_from_memory(&encode(&la, OutputFormat::Png, None).unwrap()).unwrap();
         assert!(back.to_luma_alpha8().pixels().all(|p| p.0 == [0, 0]));
+    }
+
+    /// Lossy WebP of a cut-out carries nothing of the removed background: the same subject cut
+    /// out of a green and of a blue photo gives the same file, byte for byte, at every quality;
+    /// alpha is exact, and away from the subject the colour is 0 (near it, lossy colour rings
+    /// with the subject's own colours).
+    #[test]
+    fn lossy_webp_carries_nothing_of_the_removed_background() {
+        let (w, h) = (96u32, 64u32);
+        let inside = |x: u32, y: u32| (30..66).contains(&x) && (16..48).contains(&y);
+        let cut = |background: [u8; 3]| {
+            let photo = RgbImage::from_fn(w, h, |x, y| {
+                if inside(x, y) {
+                    Px([230, 20, 30])
+                } else {
+                    Px(background)
+                }
+            });
+            let mask = GrayImage::from_fn(w, h, |x, y| {
+                image::Luma([if inside(x, y) { 255 } else { 0 }])
+            });
+            pipeline::compose(
+                DynamicImage::ImageRgb8(photo),
+                &mask,
+                &OutputOptions::default(),
+            )
+            .unwrap()
+        };
+        let (green, blue) = (cut([0, 255, 0]), cut([0, 0, 255]));
+        for quality in [10, 50, 90] {
+            let bytes = encode(&green, OutputFormat::Webp, Some(quality)).unwrap();
+            assert_eq!(
+                bytes,
+                encode(&blue, OutputFormat::Webp, Some(quality)).unwrap()
+            );
+            let back = image::load_from_memory(&bytes).unwrap().to_rgba8();
+            for (x, y, p) in back.enumerate_pixels() {
+                let a = if inside(x, y) { 255 } else { 0 };
+                assert_eq!(p.0[3], a, "alpha at {x},{y} (q {quality})");
+                if !(14..82).contains(&x) || !(0..64).contains(&y) {
+                    assert!(
+                        p.0.iter().all(|&v| v <= 2),
+                        "{:?} at {x},{y} (q {quality})",
+                        p.0
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum PipelineError {
     #[error("JPEG has no transparency: choose PNG or WebP, or give a background colour")]
     JpegNeedsBackground,
     #[error("could not encode the result")]
-    Encode(#[source] image::ImageError),
+    EncodeFailed,
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -58,7 +58,7 @@ impl PipelineError {
             PipelineError::Limits(e) => e.code(),
             PipelineError::Corrupt(_) | PipelineError::Truncated => "corrupt_image",
             PipelineError::JpegNeedsBackground => "jpeg_needs_background",
-            PipelineError::Encode(_) => "encode_failed",
+            PipelineError::EncodeFailed => "encode_failed",
             PipelineError::Plan(e) => e.code(),
             PipelineError::Model(_) => "model_failed",
             PipelineError::ModelMissing => "model_unavailable",
@@ -138,6 +138,8 @@ impl Default for Crop {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OutputOptions {
     pub format: OutputFormat,
+    /// JPEG quality, or lossy WebP at this quality (see [`crate::encode::encode`]).
+    pub quality: Option<u8>,
     /// Return the mask alone, as a grayscale image.
     pub mask_only: bool,
     /// Paint the background with this colour instead of making it transparent.
@@ -146,16 +148,20 @@ pub struct OutputOptions {
     /// Estimate the subject's colour at soft edges ([`crate::foreground`]) instead of keeping
     /// the photo's, which carries the old background.
     pub decontaminate: bool,
+    /// Refine the mask by alpha matting ([`crate::matting`]) before compositing.
+    pub matting: bool,
 }
 
 impl Default for OutputOptions {
     fn default() -> Self {
         Self {
             format: OutputFormat::default(),
+            quality: None,
             mask_only: false,
             bg_color: None,
             crop: None,
             decontaminate: true,
+            matting: false,
         }
     }
 }
@@ -436,6 +442,7 @@ impl OutputOptions {
             mask_only: self.mask_only,
             bg_color: self.bg_color.map(String::from),
             decontaminate: self.decontaminate,
+            matting: self.matting,
             roi: None,
         }];
         if let Some(c) = self.crop {
@@ -446,7 +453,7 @@ impl OutputOptions {
         }
         ops.push(Operation::Encode {
             format: self.format,
-            quality: None,
+            quality: self.quality,
         });
         ops
     }

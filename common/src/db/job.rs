@@ -72,6 +72,7 @@ impl JobOptions {
             mask_only: self.mask_only,
             bg_color: self.bg_color.clone(),
             decontaminate: true,
+            matting: false,
             roi: None,
         }];
         if self.crop {

@@ -18,6 +18,7 @@
 //! watermark:text=© BackLess,position=bottom_right,opacity=0.5
 //! filter:blur=2.5
 //! encode:format=webp
+//! encode:format=webp,quality=80
 //! encode:format=zip,quality=85
 //! ```
 //!
@@ -131,6 +132,10 @@ pub enum Operation {
         /// is left (on by default; `false` keeps the photo's colours under the mask).
         #[serde(default = "yes", skip_serializing_if = "is_yes")]
         decontaminate: bool,
+        /// Refine the mask by closed-form alpha matting in the band where it is unsure (hair,
+        /// fur); off by default: it costs time and memory.
+        #[serde(default, skip_serializing_if = "is_no")]
+        matting: bool,
         /// Only this rectangle can be subject; everything outside it is background.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         roi: Option<Region>,
@@ -193,8 +198,9 @@ pub enum Operation {
     /// Encode the result (last; PNG when a pipeline has none).
     Encode {
         format: OutputFormat,
-        /// JPEG quality, 1-100 (default 90), for JPEG and a zip's `color.jpg`. PNG and WebP are
-        /// lossless and take none.
+        /// Quality, 1-100: JPEG's (default 90) and a zip's `color.jpg`'s; for WebP it asks for
+        /// lossy colour (alpha stays lossless), and WebP without it is lossless. PNG is
+        /// lossless and takes none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quality: Option<u8>,
     },
@@ -227,6 +233,10 @@ impl Operation {
 
 fn yes() -> bool {
     true
+}
+
+fn is_no(b: &bool) -> bool {
+    !b
 }
 
 fn is_yes(v: &bool) -> bool {
@@ -498,13 +508,11 @@ fn check_parameters(op: &Operation, models: &[String]) -> Result<(), OpsError> {
             }
         },
         Operation::Encode { format, quality } => match (format, quality) {
-            (OutputFormat::Jpeg | OutputFormat::Zip, Some(q)) if !(1..=100).contains(q) => {
-                return bad(format!("quality must be 1 to 100, not {q}"));
+            (OutputFormat::Png, Some(_)) => {
+                return bad("quality applies to JPEG, WebP and zip only (PNG is lossless)".into());
             }
-            (OutputFormat::Png | OutputFormat::Webp, Some(_)) => {
-                return bad(
-                    "quality applies to JPEG and zip only (PNG and WebP are lossless)".into(),
-                );
+            (_, Some(q)) if !(1..=100).contains(q) => {
+                return bad(format!("quality must be 1 to 100, not {q}"));
             }
             _ => {}
         },
@@ -644,6 +652,7 @@ impl FromStr for Operation {
                     None => None,
                 },
                 decontaminate: p.take("decontaminate", "true or false")?.unwrap_or(true),
+                matting: p.take("matting", "true or false")?.unwrap_or(false),
                 roi: p
                     .text("roi")
                     .map(|v| {
@@ -732,6 +741,7 @@ impl fmt::Display for Operation {
                 mask_only,
                 bg_color,
                 decontaminate,
+                matting,
                 roi,
             } => {
                 write!(f, "remove_background:model={model}")?;
@@ -743,6 +753,9 @@ impl fmt::Display for Operation {
                 }
                 if !decontaminate {
                     write!(f, ",decontaminate=false")?;
+                }
+                if *matting {
+                    write!(f, ",matting=true")?;
                 }
                 if let Some(r) = roi {
                     write!(f, ",roi={r}")?;
@@ -831,7 +844,7 @@ mod tests {
     #[test]
     fn text_round_trips() {
         let p = parse(&[
-            "remove_background:model=u2net,bg_color=#FFF,decontaminate=false",
+            "remove_background:model=u2net,bg_color=#FFF,decontaminate=false,matting=true",
             "crop_to_subject:margin=16",
             "resize:width=800,fit=cover",
             "watermark:text=Hello, world = 1,position=top_left,opacity=0.25",
@@ -843,7 +856,7 @@ mod tests {
         let text = p.to_strings();
         assert_eq!(
             text[0],
-            "remove_background:model=u2net,bg_color=#ffffff,decontaminate=false"
+            "remove_background:model=u2net,bg_color=#ffffff,decontaminate=false,matting=true"
         );
         assert_eq!(
             text[3],
@@ -986,6 +999,8 @@ mod tests {
         assert_eq!(code(&["encode:format=gif"]), "bad_parameter");
         assert_eq!(code(&["encode:format=jpeg,quality=0"]), "bad_parameter");
         assert_eq!(code(&["encode:format=png,quality=50"]), "bad_parameter");
+        assert_eq!(code(&["encode:format=webp,quality=0"]), "bad_parameter");
+        assert_eq!(code(&["encode:format=webp,quality=101"]), "bad_parameter");
         assert_eq!(code(&["remove_background:model=sam"]), "bad_parameter");
         assert_eq!(code(&["remove_background:bg_color=red"]), "bad_parameter");
         assert_eq!(code(&["thumbnail:size=9"; 9]), "pipeline_too_long");
@@ -1013,6 +1028,8 @@ mod tests {
         // A JPEG is fine once the background is painted, or for operations without a cut-out.
         assert!(parse(&["remove_background:bg_color=#fff", "encode:format=jpeg"]).is_ok());
         assert!(parse(&["thumbnail:size=64", "encode:format=jpeg,quality=70"]).is_ok());
+        let webp = parse(&["remove_background", "encode:format=webp,quality=75"]).unwrap();
+        assert_eq!(webp.to_strings()[1], "encode:format=webp,quality=75");
         // A zip carries transparency as its own matte, so a cut-out needs no background.
         let zip = parse(&["remove_background", "encode:format=zip,quality=80"]).unwrap();
         assert_eq!(zip.format(), OutputFormat::Zip);

@@ -112,6 +112,12 @@ impl PlanError {
     }
 }
 
+/// What closed-form matting holds per pixel at worst (`backless_worker::matting`).
+pub const MATTING_BYTES_PER_PIXEL: u64 = 136;
+
+/// WebP's largest side.
+pub const WEBP_MAX_SIDE: u32 = 16_383;
+
 /// Bytes per pixel of buffers held while decoding: the decoder's frame in the widest pixel type
 /// (16-bit RGBA) and its 8-bit copy.
 const DECODE_BYTES_PER_PIXEL: u64 = 8 + 4;
@@ -122,6 +128,11 @@ fn bytes_per_pixel(op: &Operation) -> (u64, u64) {
     match op {
         // RGB copy for the model input, the mask and its resampling, the RGBA cut-out; with
         // edge colours estimated, the solver's two 16-bit RGB planes and its 8-bit result.
+        // Alpha matting first (the photo, its RGB copy, the mask, and the solver's worst case,
+        // every pixel unknown: see worker/src/matting.rs), freed before compositing.
+        Operation::RemoveBackground { matting: true, .. } => {
+            (4 + 3 + 1 + MATTING_BYTES_PER_PIXEL, 4)
+        }
         Operation::RemoveBackground {
             decontaminate: true,
             mask_only: false,
@@ -254,6 +265,19 @@ impl Plan {
                     thumbnail_dimensions(current, *size, *pixels),
                     limits,
                 )?,
+                // WebP cannot hold a side over 16,383 pixels: refused here, not by the encoder.
+                Operation::Encode {
+                    format: OutputFormat::Webp,
+                    ..
+                } if current.width.max(current.height) > WEBP_MAX_SIDE => {
+                    return Err(PlanError::OutputTooLarge {
+                        operation: "encode:format=webp",
+                        width: u64::from(current.width),
+                        height: u64::from(current.height),
+                        max_side: WEBP_MAX_SIDE,
+                        max_pixels: limits.max_pixels,
+                    });
+                }
                 // The rest keep the size (a crop can only shrink it).
                 _ => current,
             };
@@ -384,6 +408,37 @@ mod tests {
         assert_eq!(p.output(), Size::new(500, 333));
         let p = plan(600, 400, &["thumbnail:pixels=250000"]).unwrap();
         assert_eq!(p.output(), Size::new(600, 400));
+    }
+
+    #[test]
+    fn matting_is_planned_at_its_worst_case() {
+        let plain = plan(4000, 3000, &["remove_background"]).unwrap();
+        let matted = plan(4000, 3000, &["remove_background:matting=true"]).unwrap();
+        assert!(matted.working_bytes >= 12_000_000 * (MATTING_BYTES_PER_PIXEL + 8));
+        assert!(matted.working_bytes > plain.working_bytes);
+        // 40 MP with matting is over the default 2 GiB budget; without it, it fits.
+        assert_eq!(
+            code(8000, 5000, &["remove_background:matting=true"]),
+            "over_memory_budget"
+        );
+        assert!(plan(8000, 5000, &["remove_background"]).is_ok());
+    }
+
+    #[test]
+    fn webp_sides_past_its_limit_are_refused_before_encoding() {
+        assert_eq!(code(1, 16_384, &["encode:format=webp"]), "output_too_large");
+        assert_eq!(
+            code(
+                20_000,
+                100,
+                &["filter:grayscale", "encode:format=webp,quality=80"]
+            ),
+            "output_too_large"
+        );
+        assert!(plan(16_383, 100, &["encode:format=webp"]).is_ok());
+        assert!(plan(1, 16_384, &["encode:format=png"]).is_ok());
+        // Shrunk first, then it fits.
+        assert!(plan(20_000, 100, &["resize:width=10000", "encode:format=webp"]).is_ok());
     }
 
     #[test]

@@ -193,6 +193,9 @@ pub struct UploadForm {
     pub model: Option<String>,
     /// `png` (default), `webp` or `jpeg`.
     pub format: Option<String>,
+    /// 1-100: JPEG's quality (default 90), or lossy WebP (alpha stays lossless) at this quality;
+    /// WebP without it is lossless. PNG takes none.
+    pub quality: Option<u8>,
     /// Return the mask instead of the cut-out.
     pub mask_only: Option<bool>,
     /// Fill the background with `#rrggbb` instead of transparency.
@@ -355,6 +358,18 @@ impl JobsApi {
             // JPEG has no transparency: default to white rather than black.
             o.bg_color = Some("#ffffff".into());
         }
+        if let Some(q) = form.quality {
+            // The plain fields with a quality are a pipeline whose `encode` carries it.
+            let mut ops = o.plain_pipeline().to_strings();
+            ops.pop();
+            ops.push(format!("encode:format={},quality={q}", o.format.name()));
+            let pipeline =
+                Pipeline::parse(&ops, &self.models).map_err(|e| WebError::InvalidOption {
+                    field: "quality",
+                    reason: e.to_string(),
+                })?;
+            o.pipeline = Some(pipeline);
+        }
         Ok(o)
     }
 
@@ -363,6 +378,7 @@ impl JobsApi {
         let plain = [
             ("model", form.model.is_some()),
             ("format", form.format.is_some()),
+            ("quality", form.quality.is_some()),
             ("mask_only", form.mask_only.is_some()),
             ("bg_color", form.bg_color.is_some()),
             ("crop", form.crop.is_some()),

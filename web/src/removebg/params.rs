@@ -304,6 +304,7 @@ impl Params {
             mask_only: self.alpha_only,
             bg_color: if self.alpha_only { None } else { bg_color },
             decontaminate: true,
+            matting: false,
             roi: self.roi,
         }];
         if self.crop {

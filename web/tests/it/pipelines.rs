@@ -88,6 +88,57 @@ async fn a_pipeline_is_recorded_in_order_with_its_output_format() {
     );
 }
 
+/// The plain fields take a quality: lossy WebP (or a JPEG's quality) without writing operations.
+#[tokio::test]
+async fn a_quality_makes_the_plain_upload_lossy_webp() {
+    let app = spawn_app(&[]).await;
+    let c = browser();
+    let (status, body) = upload_ops(&app, &c, &[], &[("format", "webp"), ("quality", "75")]).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["job"]["pipeline"],
+        serde_json::json!([
+            "remove_background:model=u2netp",
+            "encode:format=webp,quality=75"
+        ])
+    );
+    assert_eq!(body["job"]["options"]["format"], "webp");
+    let (status, body) = upload_ops(
+        &app,
+        &c,
+        &[],
+        &[("format", "jpeg"), ("quality", "60"), ("crop", "true")],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["job"]["pipeline"],
+        serde_json::json!([
+            "remove_background:model=u2netp,bg_color=#ffffff",
+            "crop_to_subject:threshold=10,margin=0",
+            "encode:format=jpeg,quality=60"
+        ])
+    );
+    let rows = app.job_rows().await;
+    for extra in [
+        &[("format", "png"), ("quality", "50")][..],
+        &[("quality", "50")][..],
+        &[("format", "webp"), ("quality", "0")][..],
+    ] {
+        let (status, body) = upload_ops(&app, &c, &[], extra).await;
+        assert_eq!(status, 400, "{extra:?}: {body}");
+        assert_eq!(body["code"], "invalid_option", "{extra:?}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("quality"),
+            "{body}"
+        );
+    }
+    // With operations, quality belongs in `encode`.
+    let (status, body) = upload_ops(&app, &c, &["thumbnail:size=64"], &[("quality", "50")]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(app.job_rows().await, rows);
+}
+
 #[tokio::test]
 async fn each_kind_of_bad_pipeline_is_a_400_with_its_code_and_nothing_is_stored() {
     let app = spawn_app(&[]).await;

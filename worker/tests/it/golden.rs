@@ -179,3 +179,136 @@ fn foreground_matches_pymatting() {
         );
     }
 }
+
+/// Closed-form matting against pymatting's `estimate_alpha_cf` on the same photo and trimap
+/// (fixtures from `worker/tests/golden/make_matting.py`, which builds the trimap as rembg does):
+/// our trimap from the same U²-NetP mask is the same pixel for pixel, and our alpha agrees over
+/// the unknown band. Ours stops at a relative residual of 1e-6 (pymatting's at 1e-7, with an
+/// incomplete-Cholesky preconditioner where ours is Jacobi), so the two are compared in 8-bit
+/// levels.
+#[test]
+fn matting_matches_pymatting() {
+    use backless_worker::matting::{Params, UNKNOWN, solve, trimap};
+    for name in PHOTOS {
+        let image = photo(name).to_rgb8();
+        let mask = golden("u2netp", name, "mask").to_luma8();
+        let load = |kind: &str| {
+            image::open(crate::fixture(&format!("golden/matting/{name}.{kind}.png")))
+                .unwrap()
+                .to_luma8()
+        };
+        let (their_trimap, theirs) = (load("trimap"), load("alpha"));
+        let params = Params {
+            tolerance: 1e-6,
+            max_iterations: 5000,
+            ..Params::default()
+        };
+        let ours_trimap = trimap(&mask, &params);
+        assert!(ours_trimap == their_trimap, "{name}: the trimaps differ");
+        let (alpha, report) = solve(&image, &ours_trimap, Some(&mask), &params);
+        assert!(report.residual <= 1e-6, "{name}: {report:?}");
+        let mut diffs: Vec<f64> = Vec::new();
+        for ((a, t), tri) in alpha.iter().zip(theirs.pixels()).zip(ours_trimap.pixels()) {
+            let ours = f64::from(*a) * 255.0;
+            let d = (ours - f64::from(t.0[0])).abs();
+            if tri.0[0] == UNKNOWN {
+                diffs.push(d);
+            } else {
+                assert!(d < 0.5, "{name}: a known pixel moved");
+            }
+        }
+        assert!(
+            diffs.len() > 5000,
+            "{name}: only {} unknown pixels",
+            diffs.len()
+        );
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        diffs.sort_by(f64::total_cmp);
+        let p99 = diffs[diffs.len() * 99 / 100];
+        let max = diffs[diffs.len() - 1];
+        eprintln!(
+            "{name}: alpha vs pymatting over {} unknown pixels ({} iterations): mean {mean:.3}, p99 {p99:.2}, max {max:.2} (8-bit levels)",
+            diffs.len(),
+            report.iterations
+        );
+        assert!(mean <= 0.3, "{name}: mean difference {mean:.3} levels");
+        assert!(
+            p99 <= 0.75,
+            "{name}: 99th percentile difference {p99:.2} levels"
+        );
+        assert!(max <= 1.5, "{name}: a difference of {max:.2} levels");
+    }
+}
+
+/// The encoders' size and time trade-off (not a check: `docs/benchmarks.md` records its output).
+/// `BACKLESS_BENCH_CUTOUT=path.png` times a cut-out of yours; without it, a 12 MP cut-out made
+/// from the chelsea photo and its golden mask.
+///
+///     cargo test -p backless-worker --test it encoder_tradeoffs -- --ignored --nocapture
+#[test]
+#[ignore]
+fn encoder_tradeoffs() {
+    use backless_worker::encode::{png, webp};
+    use image::imageops::FilterType;
+    use std::time::Instant;
+    let cut = match std::env::var("BACKLESS_BENCH_CUTOUT") {
+        Ok(path) => image::open(path).unwrap(),
+        Err(_) => {
+            let photo = photo("chelsea").resize_exact(4000, 3000, FilterType::Lanczos3);
+            let mask =
+                image::DynamicImage::ImageLuma8(golden("u2netp", "chelsea", "mask").to_luma8())
+                    .resize_exact(4000, 3000, FilterType::Triangle)
+                    .to_luma8();
+            let mut rgba = photo.to_rgba8();
+            for (p, m) in rgba.pixels_mut().zip(mask.pixels()) {
+                p.0 = if m.0[0] == 0 {
+                    [0; 4]
+                } else {
+                    [p.0[0], p.0[1], p.0[2], m.0[0]]
+                };
+            }
+            image::DynamicImage::ImageRgba8(rgba)
+        }
+    };
+    let time = |f: &dyn Fn() -> Vec<u8>| {
+        let t = Instant::now();
+        let bytes = f();
+        (bytes.len(), t.elapsed().as_secs_f64() * 1e3)
+    };
+    println!("| encoder | bytes | ms |\n|---|---:|---:|");
+    let (n, ms) = time(&|| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        cut.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    });
+    println!("| `image` crate PNG (before) | {n} | {ms:.0} |");
+    for level in [1, 2, 3, 4, 5, 6, 9] {
+        let (n, ms) = time(&|| png::encode(&cut, level).unwrap());
+        println!("| PNG level {level} | {n} | {ms:.0} |");
+    }
+    let (n, ms) = time(&|| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        cut.write_to(&mut out, image::ImageFormat::WebP).unwrap();
+        out.into_inner()
+    });
+    println!("| `image` crate WebP lossless (before) | {n} | {ms:.0} |");
+    for (method, q) in [(0, 0.0), (0, 25.0), (1, 25.0), (2, 50.0), (4, 75.0)] {
+        let effort = webp::Effort {
+            method,
+            lossless_quality: q,
+        };
+        let (n, ms) = time(&|| webp::encode_with(&cut, webp::Mode::Lossless, effort).unwrap());
+        println!("| WebP lossless, method {method}, effort {q} | {n} | {ms:.0} |");
+    }
+    for quality in [50, 80, 90] {
+        for method in [2, 4] {
+            let mode = webp::Mode::Lossy { quality };
+            let effort = webp::Effort {
+                method,
+                lossless_quality: 0.0,
+            };
+            let (n, ms) = time(&|| webp::encode_with(&cut, mode, effort).unwrap());
+            println!("| WebP lossy q{quality}, method {method} | {n} | {ms:.0} |");
+        }
+    }
+}
