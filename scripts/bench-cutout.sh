@@ -17,7 +17,8 @@
 # WORKER_BIN: our worker (default: ${CARGO_TARGET_DIR:-target}/release/worker). This script never
 # builds; without an executable worker it runs rembg alone. THREADS (default: nproc) sets
 # RAYON_NUM_THREADS for ours and OMP_NUM_THREADS for rembg. REMBG_FLAGS adds flags to `rembg p`
-# (e.g. REMBG_FLAGS=-dc for its edge decontamination, which ours does by default).
+# (e.g. REMBG_FLAGS=-dc for its edge decontamination, which ours does by default); WORKER_FLAGS
+# adds flags to `worker remove` (e.g. --keep-edge-colours, --format webp --quality 80).
 # rembg is pip-installed into a virtual environment under $BACKLESS_CACHE (~/.cache/backless);
 # models/u2netp.onnx comes the way scripts/fetch-models.sh gets it, which also imports it for
 # ours when WORKER_BIN is given.
@@ -90,4 +91,4 @@ fi
 exec "$venv/bin/python" scripts/bench_cutout.py --worker "$worker" --rembg "$venv/bin/rembg" \
   --onnx "$onnx" --models-dir "$root/models" --model "$model" --photos "$photos" \
   --megapixels "$megapixels" --runs "$runs" --small "$small" --threads "${THREADS:-$(nproc)}" \
-  --rembg-flags "${REMBG_FLAGS:-}" "${keep[@]}"
+  "--rembg-flags=${REMBG_FLAGS:-}" "--worker-flags=${WORKER_FLAGS:-}" "${keep[@]}"

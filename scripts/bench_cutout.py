@@ -221,6 +221,7 @@ def main():
     ap.add_argument("--small-megapixels", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rembg-flags", default="", help="extra rembg p flags, e.g. -dc")
+    ap.add_argument("--worker-flags", default="", help="extra worker remove flags, e.g. --keep-edge-colours")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
 
@@ -236,7 +237,8 @@ def main():
     tools = {}
     if args.worker:
         def ours(src, out):
-            argv = [args.worker, "remove", src, "-o", out, "--model", args.model, "--models-dir", models_dir]
+            argv = [args.worker, "remove", src, "-o", out, "--model", args.model, "--models-dir", models_dir,
+                    *shlex.split(args.worker_flags)]
             biggest = max(args.megapixels, args.small_megapixels)
             if biggest > 39:
                 argv += ["--max-megapixels", str(biggest * 1.2)]

@@ -11,26 +11,31 @@
 //!    each pair of its pixels. Only windows touching an unknown pixel take part (the others add
 //!    nothing to the unknown rows). The system `L_UU a_U = -L_UK a_K` is solved by conjugate
 //!    gradients with a Jacobi preconditioner, matrix-free: each product walks the windows twice
-//!    (their sums, then each unknown pixel's nine windows), both passes parallel by rows. It
-//!    starts from the network's own alpha, so a few hundred iterations reach 8-bit accuracy.
+//!    (their sums, then each unknown pixel's nine windows), both passes parallel by rows. A wide
+//!    band is solved first at half the size, recursively, and the full-size solve starts from
+//!    that answer ([`refine`]); a narrow one starts from the network's own alpha.
 //!
 //! The Laplacian and its defaults (eps = 1e-7, radius 1) are pymatting's `cf_laplacian`, which
 //! rembg applies with its `alpha_matting` option; the test in `worker/tests/it/golden.rs` holds
-//! the result to pymatting's `estimate_alpha_cf` on the same photo and trimap.
+//! the result to pymatting's `estimate_alpha_cf` on the same photo and trimap. Converging as
+//! far on a wide band at full size takes this preconditioner thousands of iterations (pymatting
+//! uses an incomplete Cholesky factor); the defaults stop earlier, see
+//! [`Params::max_iterations`].
 //!
 //! Numbers are `f64`: a nearly flat window's covariance is nearly singular (its inverse reaches
 //! 9 / eps), and in single precision the products with it drift by tens of levels.
 //!
 //! Memory: two `u32` index planes over the image (8 bytes a pixel), then per window that touches
 //! the unknown band its colour sums and inverse covariance (56 bytes) and four scratch values
-//! (32), and per unknown pixel five vectors (40): [`BYTES_PER_PIXEL`] when every pixel is
-//! unknown.
+//! (32), and per unknown pixel five vectors (40), beside the trimap and the starting alpha (2):
+//! [`BYTES_PER_PIXEL`] when every pixel is unknown (the half-size levels are freed before the
+//! full-size solve starts).
 
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
 /// Working bytes per pixel in the worst case (every pixel unknown), for the job's plan.
-pub const BYTES_PER_PIXEL: u64 = 8 + 56 + 32 + 40;
+pub const BYTES_PER_PIXEL: u64 = 8 + 56 + 32 + 40 + 2;
 
 const NONE: u32 = u32::MAX;
 
@@ -45,8 +50,11 @@ pub struct Params {
     pub band: u32,
     /// Regularisation of each window's colour covariance.
     pub epsilon: f64,
-    /// Stop once the residual is this fraction of the right-hand side's norm.
+    /// Stop once the residual is this fraction of the right-hand side's norm...
     pub tolerance: f64,
+    /// ...or after this many iterations (at each level of [`refine`]). The defaults bound the
+    /// time (about 12 s for a 12 MP photo with 0.7 M unknown pixels on 2 cores) at the price of
+    /// convergence on wide bands: see `docs/benchmarks.md`, "Alpha matting".
     pub max_iterations: usize,
 }
 
@@ -436,11 +444,36 @@ pub fn solve(
     )
 }
 
+/// Above this many unknown pixels, [`refine`] first solves at half the size.
+const COARSE_ABOVE: usize = 1 << 16;
+
 /// `mask` refined by closed-form matting on `image` (same size), as an 8-bit mask.
+///
+/// Conjugate gradients move information about a pixel per iteration, so a wide unknown band
+/// needs many of them at full size. When the band is large the problem is solved first on the
+/// photo and mask at half the size (the band halved too), recursively, and that answer, scaled
+/// back up, is where the full-size solve starts: the coarse levels settle the smooth part of
+/// the matte for a quarter of the cost each, the full size only its detail.
 pub fn refine(image: &RgbImage, mask: &GrayImage, p: &Params) -> GrayImage {
+    use image::imageops::{FilterType, resize};
     let tri = trimap(mask, p);
-    let (alpha, report) = solve(image, &tri, Some(mask), p);
+    let unknown = tri.pixels().filter(|t| t.0[0] == UNKNOWN).count();
+    let (w, h) = image.dimensions();
+    let coarse = (unknown > COARSE_ABOVE && w >= 64 && h >= 64).then(|| {
+        let half = |v: u32| v / 2;
+        let small = refine(
+            &resize(image, half(w), half(h), FilterType::Triangle),
+            &resize(mask, half(w), half(h), FilterType::Triangle),
+            &Params {
+                band: (p.band / 2).max(1),
+                ..*p
+            },
+        );
+        resize(&small, w, h, FilterType::Triangle)
+    });
+    let (alpha, report) = solve(image, &tri, Some(coarse.as_ref().unwrap_or(mask)), p);
     tracing::debug!(
+        width = w,
         unknown = report.unknown,
         iterations = report.iterations,
         residual = report.residual,

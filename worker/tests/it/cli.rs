@@ -38,6 +38,79 @@ fn batch_continues_past_bad_files_and_reports_them() {
     assert!(cut.width() * cut.height() < 256 * 256);
 }
 
+/// The same photo as PNG, lossless WebP, lossy WebP and with alpha matting: one matte shape,
+/// colour 0 under every transparent pixel of the lossless files, the lossy file far smaller with
+/// the same alpha; `--quality` with PNG is a usage error.
+#[test]
+fn every_cut_out_format_keeps_the_promise() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let photo = crate::fixture("fixtures/photos/chelsea.png");
+    let run = |args: &[&str], sub: &str| {
+        let out = dir.path().join(sub);
+        let result = worker()
+            .arg("remove")
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .arg(&photo)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+        (result.status.code(), out, stderr)
+    };
+    let file = |sub: &str, name: &str| {
+        let path = dir.path().join(sub).join(name);
+        (
+            std::fs::metadata(&path).unwrap().len(),
+            image::open(path).unwrap().to_rgba8(),
+        )
+    };
+    for (args, sub) in [
+        (&[][..], "png"),
+        (&["--format", "webp"][..], "webp"),
+        (&["--format", "webp", "--quality", "70"][..], "lossy"),
+        (&["--matting"][..], "matting"),
+    ] {
+        let (code, _, stderr) = run(args, sub);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+    let (png_bytes, png) = file("png", "chelsea.png");
+    let (_, webp) = file("webp", "chelsea.webp");
+    let (lossy_bytes, lossy) = file("lossy", "chelsea.webp");
+    let (_, matted) = file("matting", "chelsea.png");
+    assert_eq!(png, webp, "lossless WebP holds the PNG's pixels");
+    for img in [&png, &matted] {
+        let transparent = img.pixels().filter(|p| p.0[3] == 0).count();
+        assert!(transparent > 10_000, "{transparent}");
+        assert!(img.pixels().all(|p| p.0[3] != 0 || p.0 == [0; 4]));
+    }
+    assert!(
+        png.pixels()
+            .zip(lossy.pixels())
+            .all(|(a, b)| a.0[3] == b.0[3]),
+        "lossy WebP keeps the exact alpha"
+    );
+    assert!(lossy_bytes * 3 < png_bytes, "{lossy_bytes} vs {png_bytes}");
+    // Matting settles the trimap's known regions to exactly 0 and 255 and solves the band
+    // between: more of the matte is decided, and it differs from the network's.
+    let decided = |img: &image::RgbaImage| img.pixels().filter(|p| p.0[3] % 255 == 0).count();
+    assert!(
+        decided(&matted) > decided(&png),
+        "{} vs {}",
+        decided(&matted),
+        decided(&png)
+    );
+    assert!(
+        png.pixels()
+            .zip(matted.pixels())
+            .any(|(a, b)| a.0[3] != b.0[3])
+    );
+    let (code, _, stderr) = run(&["--quality", "50"], "bad");
+    assert_eq!(code, Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("--quality"), "{stderr}");
+}
+
 #[test]
 fn mask_only_and_background_colour_outputs() {
     assert!(crate::weights_present("u2netp"));
