@@ -190,6 +190,26 @@ describe('the BackLess page', () => {
     await page.close();
   });
 
+  test('"WebP, lossy" sends a quality: the cut-out is a lossy WebP that keeps its transparency', async () => {
+    const { page, problems } = await openPage();
+    await page.getByLabel('Output format').selectOption('webp-lossy');
+    assert.equal(await page.getByLabel('Transparent').isChecked(), true);
+    await page.getByLabel(/Choose photos/).setInputFiles(ASTRONAUT);
+    const card = page.locator('.job').first();
+    await card.locator('.job-result').waitFor({ state: 'visible', timeout: 60000 });
+    const job = await apiJob(await card.getAttribute('data-job-id'));
+    assert.deepEqual(job.pipeline, ['remove_background:model=u2netp', 'encode:format=webp,quality=80']);
+    const [clear, opaque, total] = await alphaCounts(page, '.after');
+    assert.ok(clear > total / 10 && opaque > total / 10, `cut out (${clear} clear, ${opaque} opaque of ${total})`);
+    const [download] = await Promise.all([page.waitForEvent('download'), card.locator('.download').click()]);
+    assert.equal(download.suggestedFilename(), 'astronaut-nobg.webp');
+    const bytes = fs.readFileSync(await download.path());
+    assert.equal(bytes.subarray(0, 4).toString('latin1'), 'RIFF');
+    assert.equal(bytes.subarray(8, 16).toString('latin1'), 'WEBPVP8X', 'lossy WebP with an alpha chunk');
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
   test('edit-only options become a pipeline: each operation shows its stage, the result has its size', async () => {
     const { page, problems } = await openPage();
     await page.getByLabel('Task').selectOption('edit');
