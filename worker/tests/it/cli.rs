@@ -8,6 +8,20 @@ fn worker() -> Command {
     cmd
 }
 
+/// `worker remove ARGS -o OUT PHOTO`: its exit code and what it wrote on stderr.
+fn remove(args: &[&str], out: &std::path::Path, photo: &std::path::Path) -> (Option<i32>, String) {
+    let result = worker()
+        .arg("remove")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(photo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    (result.status.code(), stderr)
+}
+
 #[test]
 fn batch_continues_past_bad_files_and_reports_them() {
     assert!(crate::weights_present("u2netp"));
@@ -46,19 +60,7 @@ fn every_cut_out_format_keeps_the_promise() {
     assert!(crate::weights_present("u2netp"));
     let dir = tempfile::tempdir().unwrap();
     let photo = crate::fixture("fixtures/photos/chelsea.png");
-    let run = |args: &[&str], sub: &str| {
-        let out = dir.path().join(sub);
-        let result = worker()
-            .arg("remove")
-            .args(args)
-            .arg("-o")
-            .arg(&out)
-            .arg(&photo)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&result.stderr).to_string();
-        (result.status.code(), out, stderr)
-    };
+    let run = |args: &[&str], sub: &str| remove(args, &dir.path().join(sub), &photo);
     let file = |sub: &str, name: &str| {
         let path = dir.path().join(sub).join(name);
         (
@@ -72,7 +74,7 @@ fn every_cut_out_format_keeps_the_promise() {
         (&["--format", "webp", "--quality", "70"][..], "lossy"),
         (&["--matting"][..], "matting"),
     ] {
-        let (code, _, stderr) = run(args, sub);
+        let (code, stderr) = run(args, sub);
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
     }
     let (png_bytes, png) = file("png", "chelsea.png");
@@ -106,7 +108,7 @@ fn every_cut_out_format_keeps_the_promise() {
             .zip(matted.pixels())
             .any(|(a, b)| a.0[3] != b.0[3])
     );
-    let (code, _, stderr) = run(&["--quality", "50"], "bad");
+    let (code, stderr) = run(&["--quality", "50"], "bad");
     assert_eq!(code, Some(2), "a usage error: {stderr}");
     assert!(stderr.contains("--quality"), "{stderr}");
 }
@@ -118,15 +120,8 @@ fn mask_only_and_background_colour_outputs() {
     let photo = crate::fixture("fixtures/photos/chelsea.png");
     let run = |args: &[&str], sub: &str| {
         let out = dir.path().join(sub);
-        let status = worker()
-            .arg("remove")
-            .args(args)
-            .arg("-o")
-            .arg(&out)
-            .arg(&photo)
-            .status()
-            .unwrap();
-        assert!(status.success(), "{args:?}");
+        let (code, stderr) = remove(args, &out, &photo);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
         out
     };
     let mask = image::open(run(&["--mask-only"], "mask").join("chelsea.png")).unwrap();
@@ -139,13 +134,8 @@ fn mask_only_and_background_colour_outputs() {
     let px = bg.get_pixel(0, 0).0;
     assert!(px[1] > 200 && px[0] < 60 && px[2] < 60, "{px:?}");
     // JPEG with transparency is refused per file.
-    let status = worker()
-        .args(["remove", "--format", "jpeg", "-o"])
-        .arg(dir.path().join("bad"))
-        .arg(&photo)
-        .status()
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
+    let (code, stderr) = remove(&["--format", "jpeg"], &dir.path().join("bad"), &photo);
+    assert_eq!(code, Some(1), "{stderr}");
 }
 
 #[test]
