@@ -137,15 +137,16 @@ pub fn apply(
             let seg = segmenter.ok_or(PipelineError::ModelMissing)?;
             let mut mask = seg.mask(&work.img)?;
             progress(Progress::Segmented(t.elapsed()));
-            if let Some(roi) = roi {
-                keep_region(&mut mask, roi);
-            }
             if *matting {
                 let params = crate::matting::Params::default();
                 mask = match &work.img {
                     DynamicImage::ImageRgb8(rgb) => crate::matting::refine(rgb, &mask, &params),
                     other => crate::matting::refine(&other.to_rgb8(), &mask, &params),
                 };
+            }
+            // After matting, whose unknown band may reach past the region's edge.
+            if let Some(roi) = roi {
+                keep_region(&mut mask, roi);
             }
             let opts = OutputOptions {
                 format: OutputFormat::Png,

@@ -113,6 +113,33 @@ fn every_cut_out_format_keeps_the_promise() {
     assert!(stderr.contains("--quality"), "{stderr}");
 }
 
+/// Matting never makes subject of what `roi` excludes: the region is applied after it.
+#[test]
+fn matting_stays_inside_the_region_of_interest() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let result = worker()
+        .args(["process", "-o"])
+        .arg(&out)
+        .args(["--op", "remove_background:matting=true,roi=0 0 50% 100%"])
+        .arg(crate::fixture("fixtures/photos/chelsea.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let cut = image::open(out.join("chelsea.png")).unwrap().to_rgba8();
+    let inside = cut
+        .enumerate_pixels()
+        .filter(|(x, _, p)| *x < 150 && p.0[3] > 0)
+        .count();
+    assert!(inside > 1000, "{inside}");
+    assert!(
+        cut.enumerate_pixels()
+            .all(|(x, _, p)| x < 151 || p.0 == [0; 4])
+    );
+}
+
 #[test]
 fn mask_only_and_background_colour_outputs() {
     assert!(crate::weights_present("u2netp"));
