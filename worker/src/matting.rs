@@ -25,17 +25,17 @@
 //! Numbers are `f64`: a nearly flat window's covariance is nearly singular (its inverse reaches
 //! 9 / eps), and in single precision the products with it drift by tens of levels.
 //!
-//! Memory: two `u32` index planes over the image (8 bytes a pixel), then per window that touches
-//! the unknown band its colour sums and inverse covariance (56 bytes) and four scratch values
-//! (32), and per unknown pixel five vectors (40), beside the trimap and the starting alpha (2):
-//! [`BYTES_PER_PIXEL`] when every pixel is unknown (the half-size levels are freed before the
-//! full-size solve starts).
+//! Memory: per pixel two `u32` index planes and the `f32` result (12 bytes), the trimap and the
+//! starting alpha (2); per window that touches the unknown band its colour sums and inverse
+//! covariance (56), its centre (4) and four scratch values (32); per unknown pixel its index (4),
+//! the diagonal and the five vectors of an iteration (48): [`BYTES_PER_PIXEL`] when every pixel
+//! is unknown (the half-size levels are freed before the full-size solve starts).
 
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
 /// Working bytes per pixel in the worst case (every pixel unknown), for the job's plan.
-pub const BYTES_PER_PIXEL: u64 = 8 + 56 + 32 + 40 + 2;
+pub const BYTES_PER_PIXEL: u64 = 12 + 2 + (56 + 4 + 32) + (4 + 48);
 
 const NONE: u32 = u32::MAX;
 
@@ -200,6 +200,7 @@ fn dot3(a: [F; 3], b: [F; 3]) -> F {
 /// The matting system over the unknown pixels.
 struct System<'a> {
     image: &'a RgbImage,
+    trimap: &'a GrayImage,
     w: usize,
     /// Window index by centre pixel (`NONE`: no window there or it touches no unknown pixel).
     window_at: Vec<u32>,
@@ -208,13 +209,11 @@ struct System<'a> {
     /// Unknown index by pixel.
     unknown_at: Vec<u32>,
     unknown: Vec<u32>,
-    /// The known pixels' alpha (0 or 1), by pixel; unknown pixels read 0 here.
-    known: Vec<F>,
     diagonal: Vec<F>,
 }
 
 impl<'a> System<'a> {
-    fn new(image: &'a RgbImage, trimap: &GrayImage, epsilon: f64) -> Self {
+    fn new(image: &'a RgbImage, trimap: &'a GrayImage, epsilon: f64) -> Self {
         let (w, h) = (image.width() as usize, image.height() as usize);
         let is_unknown = |i: usize| !matches!(trimap.as_raw()[i], 0 | 255);
         let mut unknown_at = vec![NONE; w * h];
@@ -225,11 +224,6 @@ impl<'a> System<'a> {
                 unknown.push(i as u32);
             }
         }
-        let known = trimap
-            .as_raw()
-            .iter()
-            .map(|&t| if t == 255 { 1.0 } else { 0.0 })
-            .collect();
         let colour = |i: usize| {
             let p = &image.as_raw()[i * 3..i * 3 + 3];
             [p[0], p[1], p[2]]
@@ -257,13 +251,13 @@ impl<'a> System<'a> {
             .collect();
         let mut sys = Self {
             image,
+            trimap,
             w,
             window_at,
             windows,
             centres,
             unknown_at,
             unknown,
-            known,
             diagonal: Vec::new(),
         };
         sys.diagonal = sys
@@ -273,6 +267,7 @@ impl<'a> System<'a> {
                 let ci = sys.colour(i as usize);
                 sys.windows_of(i as usize)
                     .map(|k| {
+                        let k = &sys.windows[k];
                         let d = k.centred(ci);
                         1.0 - (1.0 + dot3(d, k.times_inv(d))) / 9.0
                     })
@@ -288,8 +283,8 @@ impl<'a> System<'a> {
         [p[0], p[1], p[2]].map(|v| F::from(v) / 255.0)
     }
 
-    /// The windows (centred within one pixel of `i`) that hold pixel `i`.
-    fn windows_of(&self, i: usize) -> impl Iterator<Item = &Window> + '_ {
+    /// The indices of the windows (centred within one pixel of `i`) that hold pixel `i`.
+    fn windows_of(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
         let (x, y) = (i % self.w, i / self.w);
         let h = self.window_at.len() / self.w;
         (0..9).filter_map(move |k| {
@@ -298,15 +293,24 @@ impl<'a> System<'a> {
                 return None;
             }
             let idx = self.window_at[cy * self.w + cx];
-            (idx != NONE).then(|| &self.windows[idx as usize])
+            (idx != NONE).then_some(idx as usize)
         })
+    }
+
+    /// The alpha the trimap fixes at a known pixel (0 or 1).
+    fn known(&self, i: usize) -> F {
+        if self.trimap.as_raw()[i] == 255 {
+            1.0
+        } else {
+            0.0
+        }
     }
 
     /// `(L y)` on the unknown pixels, where `y` is `values` on the unknown pixels and, when
     /// `with_known`, the trimap's alpha on the known ones (else 0).
     fn apply(&self, values: &[F], with_known: bool) -> Vec<F> {
         let value = |i: usize| match self.unknown_at[i] {
-            NONE if with_known => self.known[i],
+            NONE if with_known => self.known(i),
             NONE => 0.0,
             u => values[u as usize],
         };
@@ -336,27 +340,12 @@ impl<'a> System<'a> {
                 let i = i as usize;
                 let yi = value(i);
                 let ci = self.colour(i);
-                let (x, y) = (i % self.w, i / self.w);
-                let h = self.window_at.len() / self.w;
-                let mut out = 0.0;
-                for k in 0..9 {
-                    let (Some(cx), Some(cy)) =
-                        ((x + k % 3).checked_sub(1), (y + k / 3).checked_sub(1))
-                    else {
-                        continue;
-                    };
-                    if cx >= self.w || cy >= h {
-                        continue;
-                    }
-                    let idx = self.window_at[cy * self.w + cx];
-                    if idx == NONE {
-                        continue;
-                    }
-                    let win = &self.windows[idx as usize];
-                    let [s, t0, t1, t2] = sums[idx as usize];
-                    out += yi - (s + dot3(win.centred(ci), [t0, t1, t2])) / 9.0;
-                }
-                out
+                self.windows_of(i)
+                    .map(|k| {
+                        let [s, t0, t1, t2] = sums[k];
+                        yi - (s + dot3(self.windows[k].centred(ci), [t0, t1, t2])) / 9.0
+                    })
+                    .sum::<F>()
             })
             .collect()
     }
@@ -385,7 +374,9 @@ pub fn solve(
 ) -> (Vec<f32>, Report) {
     let sys = System::new(image, trimap, p.epsilon);
     let n = sys.unknown.len();
-    let mut alpha: Vec<f32> = sys.known.iter().map(|&k| k as f32).collect();
+    let mut alpha: Vec<f32> = (0..trimap.as_raw().len())
+        .map(|i| sys.known(i) as f32)
+        .collect();
     if n == 0 {
         return (
             alpha,
@@ -402,8 +393,9 @@ pub fn solve(
         .map(|&i| initial.map_or(0.5, |m| F::from(m.as_raw()[i as usize]) / 255.0))
         .collect();
     // b = -(L_UK a_K); r = b - L_UU x = -(L [x; a_K])_U.
-    let zeros = vec![0.0; n];
-    let b_norm = dot(&sys.apply(&zeros, true), &sys.apply(&zeros, true)).sqrt();
+    let b = sys.apply(&vec![0.0; n], true);
+    let b_norm = dot(&b, &b).sqrt();
+    drop(b);
     let mut r: Vec<F> = sys.apply(&x, true).into_iter().map(|v| -v).collect();
     let mut z: Vec<F> = r.iter().zip(&sys.diagonal).map(|(r, d)| r / d).collect();
     let mut dir = z.clone();
@@ -497,6 +489,7 @@ mod tests {
             BYTES_PER_PIXEL,
             backless_common::job::plan::MATTING_BYTES_PER_PIXEL
         );
+        assert_eq!(std::mem::size_of::<Window>(), 56);
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl PlanError {
 }
 
 /// What closed-form matting holds per pixel at worst (`backless_worker::matting`).
-pub const MATTING_BYTES_PER_PIXEL: u64 = 138;
+pub const MATTING_BYTES_PER_PIXEL: u64 = 158;
 
 /// WebP's largest side.
 pub const WEBP_MAX_SIDE: u32 = 16_383;

@@ -44,24 +44,21 @@ pub fn encode(
         // Lossless WebP comes from the `image` crate's encoder: on a 12 MP cut-out it is 4x
         // faster than libwebp's fastest lossless setting for a file 2% larger (and smaller than
         // PNG); lossy WebP from libwebp.
+        // (The plan refuses a WebP side over the format's limit; this is the last line.)
+        OutputFormat::Webp if img.width().max(img.height()) > webp::MAX_SIDE => {
+            Err(PipelineError::Operation(
+                webp::WebpError::TooLarge(img.width(), img.height()).to_string(),
+            ))
+        }
         OutputFormat::Webp => match quality {
-            None if img.width().max(img.height()) > webp::MAX_SIDE => {
-                Err(PipelineError::Operation(
-                    webp::WebpError::TooLarge(img.width(), img.height()).to_string(),
-                ))
-            }
             None => {
                 let mut buf = Cursor::new(Vec::new());
                 img.write_to(&mut buf, image::ImageFormat::WebP)
                     .map_err(|e| encode_failed("WebP", &e))?;
                 Ok(buf.into_inner())
             }
-            Some(quality) => {
-                webp::encode(img, webp::Mode::Lossy { quality }).map_err(|e| match e {
-                    webp::WebpError::TooLarge(..) => PipelineError::Operation(e.to_string()),
-                    e => encode_failed("WebP", &e),
-                })
-            }
+            Some(quality) => webp::encode(img, webp::Mode::Lossy { quality })
+                .map_err(|e| encode_failed("WebP", &e)),
         },
         OutputFormat::Jpeg if has_transparency(img) => Err(PipelineError::JpegNeedsBackground),
         OutputFormat::Jpeg => jpeg(img, quality),
