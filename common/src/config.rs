@@ -2,7 +2,8 @@
 //!
 //! Every value comes from a `BACKLESS_*` environment variable with a default that runs locally with
 //! no setup. Parsing takes any iterator of `(key, value)` pairs so tests never touch the process
-//! environment: `CommonConfig::from_env()` in binaries, `CommonConfig::from_pairs([...])` in tests.
+//! environment: `CommonConfig::from_env()` in binaries, `CommonConfig::from_pairs([...])` in tests, both
+//! given by [`FromSettings`] to every service's configuration.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +24,27 @@ impl ConfigError {
             key,
             message: message.into(),
         }
+    }
+}
+
+/// A configuration read from [`Settings`]: implement [`FromSettings::from_settings`] and get
+/// `from_env()` for binaries and `from_pairs([...])` for tests (bring the trait into scope).
+pub trait FromSettings: Sized {
+    fn from_settings(s: &Settings) -> Result<Self, ConfigError>;
+
+    /// Read the process environment once.
+    fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env())
+    }
+
+    /// From explicit pairs, never the process environment.
+    fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self::from_settings(&Settings::from_pairs(pairs))
     }
 }
 
@@ -243,22 +265,8 @@ impl Default for CommonConfig {
     }
 }
 
-impl CommonConfig {
-    /// Read the process environment once.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_settings(&Settings::from_env())
-    }
-
-    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        Self::from_settings(&Settings::from_pairs(pairs))
-    }
-
-    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+impl FromSettings for CommonConfig {
+    fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
         let database = DatabaseConfig {
             url: s.string(
                 "BACKLESS_DATABASE_URL",

@@ -1,5 +1,6 @@
 //! What BackLess's services share: configuration, image limits, job records (sea-orm), image
-//! storage (object_store), progress events (pub/sub) and the task-queue client (Cloud Tasks).
+//! storage (object_store), progress events (pub/sub), the task-queue client (Cloud Tasks) and the
+//! plumbing every service needs (listening, shutdown, the metrics page).
 
 pub mod config;
 pub mod db;
@@ -7,6 +8,7 @@ pub mod events;
 pub mod frames;
 pub mod job;
 pub mod limits;
+pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod startup;

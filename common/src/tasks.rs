@@ -187,7 +187,7 @@ impl TaskQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CommonConfig;
+    use crate::config::{CommonConfig, FromSettings};
 
     #[test]
     fn task_shape() {

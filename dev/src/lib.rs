@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use backless_common::config::Settings;
+use backless_common::config::{FromSettings, Settings};
 use backless_common::events::{Events, InProcessEvents};
 use backless_emulator::{Emulator, EmulatorConfig};
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use backless_common::config::{CommonConfig, ConfigError, Settings};
+use backless_common::config::{CommonConfig, ConfigError, FromSettings, Settings};
 
 use crate::ratelimit::RateLimits;
 
@@ -88,21 +88,8 @@ pub enum ResultDelivery {
     Redirect { ttl: Duration },
 }
 
-impl WebConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_settings(&Settings::from_env())
-    }
-
-    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        Self::from_settings(&Settings::from_pairs(pairs))
-    }
-
-    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+impl FromSettings for WebConfig {
+    fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_settings(s)?;
         let api = ApiConfig {
             env_keys: crate::keys::parse_env_keys(&s.string("BACKLESS_API_KEYS", "")).map_err(

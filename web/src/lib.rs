@@ -328,7 +328,5 @@ async fn metrics_endpoint(shared: poem::web::Data<&Arc<Shared>>) -> poem::Respon
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
-    poem::Response::builder()
-        .content_type("text/plain; version=0.0.4")
-        .body(shared.metrics.render())
+    shared.metrics.response()
 }

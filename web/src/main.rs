@@ -4,6 +4,7 @@
 //! `web keys create|list|revoke` manages API keys.
 
 use anyhow::Context;
+use backless_common::config::FromSettings;
 use backless_web::{App, WebConfig};
 
 const USAGE: &str = "usage: web [serve | migrate | keys create --name NAME [--quota-per-day N] | keys list | keys revoke NAME]

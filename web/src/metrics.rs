@@ -1,7 +1,7 @@
 //! Web's Prometheus metrics (`GET /metrics`), one registry per running app. Jobs by state are
 //! read from the database at scrape time, so every replica reports the same, true, figure.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -80,10 +80,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding to memory");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        backless_common::metrics::render(&self.registry)
+    }
+
+    /// `GET /metrics`'s answer.
+    pub fn response(&self) -> poem::Response {
+        backless_common::metrics::response(&self.registry)
     }
 }

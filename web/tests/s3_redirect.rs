@@ -7,6 +7,7 @@
 #[path = "it/helpers.rs"]
 mod helpers;
 
+use backless_common::config::FromSettings;
 use std::time::Duration;
 
 use backless_common::testing::S3Server;

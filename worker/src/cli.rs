@@ -1,15 +1,18 @@
 //! The `worker` command line: batch background removal and model import.
 
+use backless_common::config::FromSettings;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use backless_common::job::{Margin, Pipeline};
 use backless_common::limits::ImageLimits;
 use clap::{Args, Parser, Subcommand};
 
+use crate::budget::{MemoryBudget, default_budget_bytes};
 use crate::model::{Arch, Segmenter};
 use crate::ops::remove_background;
-use crate::pipeline::{Crop, OutputFormat, OutputOptions, Rgb};
+use crate::pipeline::{Crop, OutputFormat, OutputOptions, PipelineError, Rgb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +93,36 @@ pub struct ModelSelection {
     pub models_dir: PathBuf,
 }
 
+/// How a batch runs: photos in flight at once, within a memory budget.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Photos in flight at once: while one is in the network, others decode, composite or
+    /// encode (default: one per core).
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// Memory the photos in flight may hold together, in MiB (default: half of this machine's
+    /// or container's memory). Each photo reserves what its plan needs before it is decoded; a
+    /// photo larger than the whole budget runs alone.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_mb: Option<u64>,
+}
+
+impl BatchArgs {
+    fn jobs(&self) -> usize {
+        self.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        )
+    }
+
+    fn budget(&self) -> MemoryBudget {
+        MemoryBudget::new(
+            self.memory_mb
+                .map_or_else(default_budget_bytes, |mb| mb.saturating_mul(1 << 20)),
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
     /// Image files or folders (searched recursively).
@@ -135,6 +168,8 @@ pub struct RemoveArgs {
     /// Largest accepted image, in megapixels.
     #[arg(long, env = "BACKLESS_MAX_MEGAPIXELS", default_value_t = 40.0)]
     pub max_megapixels: f64,
+    #[command(flatten)]
+    pub batch: BatchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +194,8 @@ pub struct ProcessArgs {
     /// The image `--op backdrop` paints behind every cut-out.
     #[arg(long)]
     pub background: Option<PathBuf>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,12 +257,16 @@ pub fn collect_inputs(inputs: &[PathBuf], ext: &str) -> Vec<(PathBuf, PathBuf)> 
     files
 }
 
-/// Process each `(input, relative output)` with `one`, reporting progress on a terminal; a
-/// failed file is reported and the batch goes on. Exit code 1 if any file failed.
+/// Process each `(input, relative output)` with `one`, `jobs` files in flight at once,
+/// reporting progress on a terminal; a failed file is reported and the batch goes on. Exit code 1
+/// if any file failed. Each worker thread reads its file, runs `one` (which holds the file's
+/// memory from the shared budget while it decodes, computes and encodes) and writes the result,
+/// so reading, the network and encoding of different files overlap.
 fn batch(
     files: &[(PathBuf, PathBuf)],
     output: &Path,
-    one: impl Fn(&[u8]) -> anyhow::Result<Vec<u8>>,
+    jobs: usize,
+    one: impl Fn(&[u8]) -> anyhow::Result<Vec<u8>> + Sync,
 ) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(output)?;
     let bar = indicatif::ProgressBar::new(files.len() as u64);
@@ -233,26 +274,36 @@ fn batch(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {wide_msg}")
             .expect("valid template"),
     );
-    let mut failed = 0usize;
-    for (input, rel) in files {
-        bar.set_message(input.display().to_string());
-        let target = output.join(rel);
-        let result = std::fs::read(input)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| one(&bytes))
-            .and_then(|out| {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                Ok(std::fs::write(&target, out)?)
-            });
-        if let Err(e) = result {
-            failed += 1;
-            bar.suspend(|| eprintln!("error: {}: {e:#}", input.display()));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let work = || {
+        while let Some((input, rel)) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+            bar.set_message(input.display().to_string());
+            let target = output.join(rel);
+            let result = std::fs::read(input)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| one(&bytes))
+                .and_then(|out| {
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    Ok(std::fs::write(&target, out)?)
+                });
+            if let Err(e) = result {
+                failed.fetch_add(1, Ordering::Relaxed);
+                bar.suspend(|| eprintln!("error: {}: {e:#}", input.display()));
+            }
+            bar.inc(1);
         }
-        bar.inc(1);
-    }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..jobs.clamp(1, files.len().max(1)) {
+            s.spawn(work);
+        }
+        work();
+    });
     bar.finish_and_clear();
+    let failed = failed.into_inner();
     eprintln!(
         "{} of {} file(s) done, {failed} failed; results in {}",
         files.len() - failed,
@@ -299,9 +350,23 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.format.extension()
     };
+    if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
+        anyhow::bail!(PipelineError::JpegNeedsBackground);
+    }
+    let ops = opts.operations(&seg.info.name);
+    let budget = args.batch.budget();
     let files = collect_inputs(&args.inputs, ext);
-    batch(&files, &args.output, |bytes| {
-        Ok(remove_background(&seg, bytes, &limits, &opts)?.bytes)
+    batch(&files, &args.output, args.batch.jobs(), |bytes| {
+        let out = crate::ops::run_within(
+            Some(&budget),
+            &ops,
+            bytes,
+            None,
+            &limits,
+            Some(&seg),
+            |_| {},
+        )?;
+        Ok(out.bytes)
     })
 }
 
@@ -329,9 +394,11 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<ExitCode> {
         (Some(_), false) => anyhow::bail!("--background is for --op backdrop"),
         (None, false) => None,
     };
+    let budget = args.batch.budget();
     let files = collect_inputs(&args.inputs, pipeline.format().extension());
-    batch(&files, &args.output, |bytes| {
-        let out = crate::ops::run(
+    batch(&files, &args.output, args.batch.jobs(), |bytes| {
+        let out = crate::ops::run_within(
+            Some(&budget),
             pipeline.operations(),
             bytes,
             background.as_deref(),

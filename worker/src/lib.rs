@@ -2,6 +2,7 @@
 //! the command line (`worker remove`, `worker model import`).
 
 pub mod auth;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod encode;

@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (`GET /metrics`), one registry per running worker.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// Counters and histograms the push handler updates.
@@ -17,6 +17,9 @@ pub struct Metrics {
     pub model_runs: IntCounter,
     /// Times the idle worker handed its free memory back (`server::trim_when_idle`).
     pub memory_trims: IntCounter,
+    /// The memory budget images reserve from ([`crate::budget`]), and what they hold now.
+    pub memory_budget_bytes: IntGauge,
+    pub memory_reserved_bytes: IntGauge,
 }
 
 impl Default for Metrics {
@@ -61,12 +64,24 @@ impl Metrics {
             "Times the idle worker handed free memory back to the system",
         )
         .expect("valid metric");
+        let memory_budget_bytes = IntGauge::new(
+            "backless_worker_memory_budget_bytes",
+            "Memory the images in flight may reserve together",
+        )
+        .expect("valid metric");
+        let memory_reserved_bytes = IntGauge::new(
+            "backless_worker_memory_reserved_bytes",
+            "Memory reserved by the images in flight (their plans' estimates)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
             Box::new(inference_seconds.clone()),
             Box::new(model_runs.clone()),
             Box::new(memory_trims.clone()),
+            Box::new(memory_budget_bytes.clone()),
+            Box::new(memory_reserved_bytes.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -77,15 +92,18 @@ impl Metrics {
             inference_seconds,
             model_runs,
             memory_trims,
+            memory_budget_bytes,
+            memory_reserved_bytes,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding to memory");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        backless_common::metrics::render(&self.registry)
+    }
+
+    /// `GET /metrics`'s answer.
+    pub fn response(&self) -> poem::Response {
+        backless_common::metrics::response(&self.registry)
     }
 }

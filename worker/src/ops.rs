@@ -14,6 +14,7 @@ use backless_common::limits::ImageLimits;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GrayImage, Rgba, RgbaImage};
 
+use crate::budget::MemoryBudget;
 pub use crate::encode::encode;
 use crate::model::Segmenter;
 use crate::pipeline::{self, Crop, Output, OutputOptions, PipelineError, Rgb};
@@ -65,11 +66,34 @@ pub fn run(
     background: Option<&[u8]>,
     limits: &ImageLimits,
     segmenter: Option<&Segmenter>,
+    progress: impl FnMut(Progress),
+) -> Result<Output, PipelineError> {
+    run_within(None, ops, bytes, background, limits, segmenter, progress)
+}
+
+/// As [`run`], holding what the image will need from `budget` (its [`Plan`]'s working memory,
+/// the network's activations if it removes a background, and the bytes given) from the moment
+/// its header is read, before any pixel is decoded, until the result is encoded: images run
+/// side by side only as far as memory allows.
+pub fn run_within(
+    budget: Option<&MemoryBudget>,
+    ops: &[Operation],
+    bytes: &[u8],
+    background: Option<&[u8]>,
+    limits: &ImageLimits,
+    segmenter: Option<&Segmenter>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Output, PipelineError> {
-    let t = Instant::now();
+    let mut t = Instant::now();
+    // Held until this function returns.
+    let mut _reservation = None;
     let img = pipeline::decode_checked(bytes, limits, |size| {
-        Plan::new(ops, size, limits)?;
+        let plan = Plan::new(ops, size, limits)?;
+        if let Some(budget) = budget {
+            _reservation = Some(budget.reserve(reserved_bytes(&plan, ops, segmenter, bytes)));
+            // The decode's time starts once there is room for it.
+            t = Instant::now();
+        }
         Ok(())
     })?;
     let mut work = Work::new(img);
@@ -100,6 +124,25 @@ pub fn run(
         width: work.img.width(),
         height: work.img.height(),
     })
+}
+
+/// What an image running `ops` under `plan` reserves from a [`MemoryBudget`].
+fn reserved_bytes(
+    plan: &Plan,
+    ops: &[Operation],
+    segmenter: Option<&Segmenter>,
+    bytes: &[u8],
+) -> u64 {
+    let removes = ops
+        .iter()
+        .any(|op| matches!(op, Operation::RemoveBackground { .. }));
+    let inference = match segmenter {
+        Some(seg) if removes => seg.info.arch.inference_bytes(),
+        _ => 0,
+    };
+    plan.working_bytes
+        .saturating_add(inference)
+        .saturating_add(bytes.len() as u64)
 }
 
 /// Background removal on one file with the CLI's options (`worker remove`): the same pipeline

@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::auth::PushAuth;
+use crate::budget::MemoryBudget;
 use crate::config::WorkerConfig;
 use crate::model::{Segmenter, default_device};
 use crate::ops::{self, Progress};
@@ -52,6 +53,9 @@ pub struct State {
     max_attempts: u32,
     models: watch::Receiver<Option<Models>>,
     inference: Semaphore,
+    /// What the images in flight may hold together; each reserves its plan's estimate before
+    /// it is decoded, so concurrency follows memory as well as [`WorkerConfig::concurrency`].
+    budget: MemoryBudget,
     /// Pushes admitted at once; beyond it 503 + Retry-After.
     admission: Semaphore,
     /// Model runs so far (tests check duplicate deliveries do not add one).
@@ -154,6 +158,7 @@ impl App {
             max_attempts: c.jobs.max_attempts,
             models: rx,
             inference: Semaphore::new(config.concurrency.max(1)),
+            budget: MemoryBudget::new(config.memory_budget),
             admission: Semaphore::new(config.max_in_flight.max(1)),
             runs: Default::default(),
             jobs_done: watch::Sender::new(0),
@@ -261,9 +266,11 @@ async fn readyz(Data(state): Data<&Arc<State>>) -> Response {
 
 #[handler]
 fn metrics(Data(state): Data<&Arc<State>>) -> Response {
-    Response::builder()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+    let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+    let m = &state.metrics;
+    m.memory_budget_bytes.set(gauge(state.budget.total()));
+    m.memory_reserved_bytes.set(gauge(state.budget.used()));
+    m.response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -525,8 +532,10 @@ async fn process(state: &Arc<State>, job_id: &str) -> Outcome {
     let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
     let limits = state.limits;
     let ops = pipeline.operations().to_vec();
+    let budget = state.budget.clone();
     let run = tokio::task::spawn_blocking(move || {
-        let out = ops::run(
+        let out = ops::run_within(
+            Some(&budget),
             &ops,
             &original,
             background.as_deref(),

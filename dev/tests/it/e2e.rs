@@ -1,6 +1,7 @@
 //! The whole flow on embedded defaults, over HTTP only: web -> Cloud Tasks emulator -> worker
 //! (real U²-NetP) -> SSE -> download -> deletion.
 
+use backless_common::config::FromSettings;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

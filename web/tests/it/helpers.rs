@@ -1,3 +1,4 @@
+use backless_common::config::FromSettings;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

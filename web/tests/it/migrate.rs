@@ -2,6 +2,7 @@
 //! applies every migration and exits, a second run has nothing to do, and web configured not to
 //! migrate on start refuses a database that was not migrated and starts on one that was.
 
+use backless_common::config::FromSettings;
 use std::process::Command;
 
 use backless_web::{App, WebConfig};

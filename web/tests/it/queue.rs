@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backless_common::config::CommonConfig;
+use backless_common::config::{CommonConfig, FromSettings};
 use backless_common::tasks::{Enqueued, TaskQueue};
 use backless_emulator::{Emulator, EmulatorConfig};
 use poem::{EndpointExt, Request, handler, post};

@@ -41,6 +41,20 @@ impl Arch {
         }
     }
 
+    /// Memory one forward pass holds beyond the loaded weights: activations, the convolution
+    /// workspace and the allocator's slack. Measured, not derived: the peak resident size of
+    /// `worker bench` over the weights and one decoded photo (`scripts/bench-model.sh`, the
+    /// first table in docs/benchmarks.md: 187, 526 and 868 MB), rounded up. The memory budget
+    /// ([`crate::budget`]) reserves it for every image that removes a background.
+    pub fn inference_bytes(self) -> u64 {
+        const MIB: u64 = 1 << 20;
+        match self {
+            Arch::U2netp => 160 * MIB,
+            Arch::U2net => 340 * MIB,
+            Arch::Isnet => 680 * MIB,
+        }
+    }
+
     /// Every convolution of the network, in the order the forward pass runs them.
     pub fn conv_specs(self) -> Vec<ConvSpec> {
         match self {
@@ -267,7 +281,18 @@ impl Segmenter {
     }
 
     /// Run the network on a normalised `(1, 3, H, W)` tensor; returns `(1, 1, H, W)` in [0, 1].
+    ///
+    /// On the CPU one forward pass runs at a time in the process, whatever the model: each
+    /// already uses every core, and two side by side took half as much CPU time again per image
+    /// (20 small photos, 2 cores: 0.87 s against 0.56 s), fighting over the same cores and
+    /// caches. Images in flight overlap everything else (decoding, compositing, encoding) with
+    /// the pass that runs.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor, ModelError> {
+        static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = self
+            .device
+            .is_cpu()
+            .then(|| CPU.lock().unwrap_or_else(|e| e.into_inner()));
         // The convolution workspace is kept for the next pass; the worker frees it once idle
         // (`memory::release_free_memory`).
         Ok(self.network.forward(&input.to_device(&self.device)?)?)

@@ -160,9 +160,55 @@ fn mask_only_and_background_colour_outputs() {
     // A corner is background: painted green.
     let px = bg.get_pixel(0, 0).0;
     assert!(px[1] > 200 && px[0] < 60 && px[2] < 60, "{px:?}");
-    // JPEG with transparency is refused per file.
+    // JPEG with transparency is a usage error, refused before any file is read.
     let (code, stderr) = remove(&["--format", "jpeg"], &dir.path().join("bad"), &photo);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("JPEG has no transparency"), "{stderr}");
+}
+
+/// A batch with several photos in flight writes exactly what one photo at a time writes, also
+/// with a memory budget smaller than one photo (each then runs alone).
+#[test]
+fn photos_in_flight_write_what_one_at_a_time_writes() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for (i, name) in ["astronaut.png", "chelsea.png"]
+        .iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        std::fs::copy(
+            crate::fixture(&format!("fixtures/photos/{name}")),
+            input.join(format!("{i}-{name}")),
+        )
+        .unwrap();
+    }
+    let run = |flags: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let (code, stderr) = remove(flags, &out, &input);
+        assert_eq!(code, Some(0), "{stderr}");
+        let mut files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                (
+                    path.file_name().unwrap().to_owned(),
+                    std::fs::read(&path).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let one = run(&["--jobs", "1"], "one");
+    assert_eq!(one.len(), 6);
+    assert_eq!(run(&["--jobs", "4"], "four"), one);
+    assert_eq!(run(&["--jobs", "3", "--memory-mb", "1"], "tight"), one);
+    let (code, stderr) = remove(&["--jobs", "0"], &dir.path().join("bad"), &input);
+    assert_eq!(code, Some(2), "{stderr}");
 }
 
 #[test]

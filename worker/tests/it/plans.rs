@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::time::Duration;
 
-use backless_common::config::CommonConfig;
+use backless_common::config::{CommonConfig, FromSettings};
 use backless_common::db::{Db, JobOptions, JobState, NewJob, new_job_id};
 use backless_common::job::Pipeline;
 use backless_common::storage::Storage;

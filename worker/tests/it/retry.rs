@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backless_common::config::CommonConfig;
+use backless_common::config::{CommonConfig, FromSettings};
 use backless_common::db::{Db, JobState};
 use backless_common::events::{Events, InProcessEvents};
 use backless_common::storage::Storage;

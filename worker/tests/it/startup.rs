@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use backless_common::config::CommonConfig;
+use backless_common::config::{CommonConfig, FromSettings};
 use backless_common::db::{Db, JobState};
 use backless_common::storage::Storage;
 
