@@ -11,7 +11,9 @@
 #
 # Needs the test PostgreSQL (BACKLESS_TEST_POSTGRES_URL, from scripts/test-services.sh) and
 # redis-server. Knobs: PROFILE (dev|release, default dev: the build scripts/test.sh makes),
-# SECONDS_RUN, UPLOADERS, WATCHERS, CONCURRENCY, DRAIN, JPEG_BYTES (soak); BUILD=0 runs the binaries already built.
+# SECONDS_RUN, UPLOADERS, WATCHERS, CONCURRENCY, DRAIN, JPEG_BYTES (soak), H2_STREAMS (bench: the
+# watchers over HTTP/2, this many streams to a connection), WEB_WRAP (a command web
+# runs under); BUILD=0 runs the binaries already built.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -90,7 +92,9 @@ wait_http "http://127.0.0.1:$emu_port/v2/$queue"
 curl -fs -X PATCH "http://127.0.0.1:$emu_port/v2/$queue?updateMask=rateLimits.maxConcurrentDispatches" \
     -H 'content-type: application/json' \
     -d "{\"rateLimits\": {\"maxConcurrentDispatches\": $in_flight}}" >/dev/null
-"$target/web" >"$work/web.log" 2>&1 &
+# WEB_WRAP runs web under a tool, e.g. WEB_WRAP="heaptrack -o /tmp/web" for a heap profile (the
+# figures then measure the tool's process, not web).
+${WEB_WRAP:-} "$target/web" >"$work/web.log" 2>&1 &
 web_pid=$!
 pids+=("$web_pid")
 wait_http "http://127.0.0.1:$web_port/readyz"
@@ -101,7 +105,7 @@ case "$mode" in
 bench)
     curl -fs -X POST "http://127.0.0.1:$emu_port/v2/$queue:pause" >/dev/null
     "$load" bench --web "$web" --web-pid "$web_pid" --seconds "${SECONDS_RUN:-20}" \
-        --concurrency "${CONCURRENCY:-32}" --watchers "${WATCHERS:-2000}"
+        --concurrency "${CONCURRENCY:-32}" --watchers "${WATCHERS:-2000}" --h2 "${H2_STREAMS:-0}"
     ;;
 soak | short)
     "$target/worker" serve >"$work/worker.log" 2>&1 &

@@ -8,6 +8,7 @@ pub mod events;
 pub mod frames;
 pub mod job;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;

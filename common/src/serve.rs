@@ -191,6 +191,10 @@ async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bo
         .unwrap_or(false)
 }
 
+/// What the service answers a request with (see [`service`] for why it is boxed).
+type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<hyper::Response<BoxBody>, Infallible>> + Send>>;
+
 fn service<E: Endpoint + 'static>(
     ep: Arc<E>,
     local: LocalAddr,
@@ -200,36 +204,42 @@ fn service<E: Endpoint + 'static>(
     poem::http::Request<hyper::body::Incoming>,
     Response = hyper::Response<BoxBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<hyper::Response<BoxBody>, Infallible>> + Send,
+    Future = ServiceFuture,
 > + Clone {
-    hyper::service::service_fn(move |req: poem::http::Request<hyper::body::Incoming>| {
-        let ep = Arc::clone(&ep);
-        let remote = RemoteAddr(Addr::SocketAddr(peer));
-        let local = local.clone();
-        async move {
-            let mut req = Request::from((req, local, remote, Scheme::HTTP));
-            let late = (limits.body_min_rate > 0).then(|| {
-                let late = Arc::new(AtomicBool::new(false));
-                let body = req.take_body().into_bytes_stream();
-                req.set_body(Body::from_bytes_stream(Deadline {
-                    inner: Box::pin(body),
-                    limits,
-                    started: None,
-                    received: 0,
-                    sleep: None,
-                    late: Arc::clone(&late),
-                    done: false,
-                }));
-                late
-            });
-            let resp = ep.get_response(req).await;
-            let resp = match late {
-                Some(late) if late.load(Ordering::Acquire) => too_slow(),
-                _ => resp,
-            };
-            Ok(resp.into())
-        }
-    })
+    hyper::service::service_fn(
+        move |req: poem::http::Request<hyper::body::Incoming>| -> ServiceFuture {
+            let ep = Arc::clone(&ep);
+            let remote = RemoteAddr(Addr::SocketAddr(peer));
+            let local = local.clone();
+            // Boxed: hyper keeps a slot the size of the service's future for the whole life of an
+            // HTTP/1 connection. Unboxed, the whole middleware chain's state (7.7 KB) stayed
+            // allocated for every open connection, an idle event stream's included, long after its
+            // request was answered; boxed, the slot is a pointer and the state is freed on answer.
+            Box::pin(async move {
+                let mut req = Request::from((req, local, remote, Scheme::HTTP));
+                let late = (limits.body_min_rate > 0).then(|| {
+                    let late = Arc::new(AtomicBool::new(false));
+                    let body = req.take_body().into_bytes_stream();
+                    req.set_body(Body::from_bytes_stream(Deadline {
+                        inner: Box::pin(body),
+                        limits,
+                        started: None,
+                        received: 0,
+                        sleep: None,
+                        late: Arc::clone(&late),
+                        done: false,
+                    }));
+                    late
+                });
+                let resp = ep.get_response(req).await;
+                let resp = match late {
+                    Some(late) if late.load(Ordering::Acquire) => too_slow(),
+                    _ => resp,
+                };
+                Ok(resp.into())
+            })
+        },
+    )
 }
 
 /// What a client whose body fell behind gets, whatever the handler answered.

@@ -3,10 +3,11 @@
 //! runs this against them.
 //!
 //! ```text
-//! load bench --web URL --web-pid PID [--seconds 20] [--concurrency 32] [--watchers 2000]
+//! load bench --web URL --web-pid PID [--seconds 20] [--concurrency 32] [--watchers 2000] [--h2 N]
 //!     Uploads only (run it with the queue paused): uploads/s accepted for a 1 MB JPEG, p50/p99
 //!     upload latency; then idle SSE watchers held open on one web process, and its memory per
-//!     connection (RSS before and after, from /proc).
+//!     connection (RSS before and after, from /proc). With `--h2 N` the watchers speak HTTP/2
+//!     (h2c), N streams to a connection; without it, HTTP/1.1, a connection each.
 //! load soak --web URL --web-pid PID --worker-pid PID [--seconds 60] [--uploaders 200]
 //!           [--watchers 1000] [--drain 300]
 //!     Issue 8's load test against the full stack: `uploaders` clients each upload, follow their
@@ -315,6 +316,71 @@ async fn open_watchers(
     (opened.load(Ordering::Relaxed) as usize, dropped)
 }
 
+/// As [`open_watchers`], over cleartext HTTP/2 with prior knowledge (h2c, what a front end such
+/// as Cloud Run's with `--use-http2` speaks to the container): `per_conn` streams share each
+/// connection, as a proxy multiplexes its clients' streams onto a few connections.
+async fn open_watchers_h2(
+    web: &str,
+    jobs: &[Created],
+    n: usize,
+    per_conn: usize,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(usize, Arc<AtomicU64>)> {
+    let authority = web
+        .strip_prefix("http://")
+        .context("--h2 needs an http:// web URL")?
+        .trim_end_matches('/')
+        .to_string();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let opened = Arc::new(AtomicU64::new(0));
+    for first in (0..n).step_by(per_conn.max(1)) {
+        let tcp = tokio::net::TcpStream::connect(&authority).await?;
+        let (sender, conn) = h2::client::handshake(tcp).await?;
+        tokio::spawn(conn);
+        for i in first..(first + per_conn.max(1)).min(n) {
+            let job = &jobs[i % jobs.len()];
+            let req = poem::http::Request::get(format!(
+                "http://{authority}/v1/jobs/{}/events?hold=true",
+                job.id
+            ))
+            .header("authorization", format!("Bearer {}", job.token))
+            .body(())?;
+            let mut sender = sender.clone().ready().await?;
+            let (response, _) = sender.send_request(req, true)?;
+            let (dropped, opened, stop) = (dropped.clone(), opened.clone(), stop.clone());
+            tokio::spawn(async move {
+                let resp = match response.await {
+                    Ok(r) if r.status() == 200 => r,
+                    _ => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                let mut body = resp.into_body();
+                while let Some(chunk) = body.data().await {
+                    match chunk {
+                        Ok(c) => {
+                            let _ = body.flow_control().release_capacity(c.len());
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !stop.load(Ordering::Relaxed) {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (opened.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < n as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((opened.load(Ordering::Relaxed) as usize, dropped))
+}
+
 async fn sse_gauge(client: &reqwest::Client, web: &str) -> u64 {
     metric_sum(client, web, "backless_web_sse_connections ").await
 }
@@ -364,6 +430,7 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
     let seconds: u64 = a.num("seconds", 20)?;
     let concurrency: usize = a.num("concurrency", 32)?;
     let watchers: usize = a.num("watchers", 2000)?;
+    let h2_per_conn: usize = a.num("h2", 0)?;
     let photo = Bytes::from(jpeg_of_size(1_000_000));
     println!(
         "bench: {} byte JPEG, {concurrency} concurrent uploads for {seconds} s",
@@ -411,7 +478,10 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before, _) = rss_kib(web_pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let (open, dropped) = open_watchers(&client, &web, &jobs, watchers, stop.clone()).await;
+    let (open, dropped) = match h2_per_conn {
+        0 => open_watchers(&client, &web, &jobs, watchers, stop.clone()).await,
+        per_conn => open_watchers_h2(&web, &jobs, watchers, per_conn, stop.clone()).await?,
+    };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (after, peak) = rss_kib(web_pid);
     let gauge = sse_gauge(&client, &web).await;
@@ -428,6 +498,7 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
         cpu_time(web_pid),
         metric_sum(&client, &web, "backless_web_db_queries_total").await,
     );
+    let (settled, _) = rss_kib(web_pid);
     let queries_per_s = q1.saturating_sub(q0).saturating_sub(4) as f64 / idle.as_secs_f64();
     let cpu_share = (cpu1 - cpu0).as_secs_f64() / idle.as_secs_f64();
     println!(
@@ -436,13 +507,17 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
         cpu_share * 100.0
     );
     let per_conn = (after.saturating_sub(before) as f64 * 1024.0) / open.max(1) as f64;
+    let per_conn_settled = (settled.saturating_sub(before) as f64 * 1024.0) / open.max(1) as f64;
     println!(
-        "idle SSE: {open} open (web's gauge {gauge}), {} failed; web RSS {} -> {} MiB, {:.1} KiB per connection; peak {} MiB",
+        "idle SSE: {open} open (web's gauge {gauge}), {} failed; web RSS {} -> {} MiB, {:.1} KiB per connection; peak {} MiB; after {} s idle {} MiB, {:.1} KiB per connection",
         dropped.load(Ordering::Relaxed),
         before / 1024,
         after / 1024,
         per_conn / 1024.0,
-        peak / 1024
+        peak / 1024,
+        idle.as_secs(),
+        settled / 1024,
+        per_conn_settled / 1024.0,
     );
     stop.store(true, Ordering::Relaxed);
     println!(
@@ -458,9 +533,11 @@ async fn bench(a: &Args) -> anyhow::Result<bool> {
             "p99_ms": ms(p99),
             "statuses": tally.statuses_json(),
             "sse_open": open,
+            "sse_h2_streams_per_connection": h2_per_conn,
             "sse_gauge": gauge,
             "web_rss_before_kib": before,
             "web_rss_after_kib": after,
+            "web_rss_after_idle_kib": settled,
             "bytes_per_sse_connection": per_conn.round(),
             "idle_db_queries_per_second": queries_per_s,
             "idle_web_cpu_share": cpu_share,

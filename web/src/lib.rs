@@ -48,6 +48,9 @@ pub struct App {
     keys: Arc<keys::Keys>,
 }
 
+/// How often web hands freed heap pages back to the system.
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long in-flight requests (SSE streams included) get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -225,6 +228,12 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Freed memory back to the system after bursts (streams opening, uploads): see
+        // `backless_common::memory`.
+        let trim = tokio::spawn(backless_common::memory::trim_periodically(
+            HEAP_TRIM_INTERVAL,
+            stop_rx.clone(),
+        ));
         let loops = if self.config.background_loops {
             let shared = Arc::clone(&self.shared);
             let times = lifecycle::LoopTimes {
@@ -250,6 +259,7 @@ impl App {
         if let Some(h) = loops {
             let _ = h.await;
         }
+        let _ = trim.await;
         res
     }
 }

@@ -43,9 +43,5 @@ pub fn tune_malloc() {
 /// pages to the kernel.
 pub fn release_free_memory() {
     crate::model::kernels::release_workspace();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim walks malloc's own free lists; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    backless_common::memory::trim_heap();
 }
