@@ -180,3 +180,73 @@ async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
     assert_eq!((out.width(), out.height()), (50, 10_000));
     let _ = stop.send(true);
 }
+
+/// Images wait for memory, not fail: with room for less than one image (each then reserves the
+/// whole budget and runs alone) and three pushes admitted at once, every job ends done, and the
+/// budget is whole again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_for_memory_and_all_finish() {
+    assert!(crate::weights_present("u2netp"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut pairs = crate::worker_env(dir.path());
+    pairs.push(("BACKLESS_WORKER_CONCURRENCY".into(), "3".into()));
+    pairs.push(("BACKLESS_WORKER_MEMORY_MB".into(), "1".into()));
+    let common = CommonConfig::from_pairs(pairs.clone()).unwrap();
+    let db = Db::connect(&common.database).await.unwrap();
+    let storage = Storage::from_config(&common.storage).unwrap();
+    let worker = backless_worker::server::App::build(
+        backless_worker::config::WorkerConfig::from_pairs(pairs).unwrap(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", worker.addr());
+    let stop = crate::serve_worker(worker);
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(crate::record_astronaut_job(&db, &storage).await);
+    }
+    let pushes = ids.iter().map(|id| {
+        let (http, url) = (http.clone(), url.clone());
+        let id = id.clone();
+        async move {
+            // The models may still be loading: the worker answers 503 until they are.
+            for _ in 0..120 {
+                let res = http
+                    .post(format!("{url}/v1/tasks/remove-background"))
+                    .json(&serde_json::json!({ "job_id": id }))
+                    .timeout(Duration::from_secs(120))
+                    .send()
+                    .await
+                    .unwrap();
+                if res.status() == 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            panic!("job {id} was never finished");
+        }
+    });
+    futures::future::join_all(pushes).await;
+    for id in &ids {
+        let job = db.get(id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Done, "{id}: {:?}", job.error_message);
+    }
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::metric_sample(&metrics, "backless_worker_memory_budget_bytes"),
+        f64::from(1u32 << 20)
+    );
+    assert_eq!(
+        crate::metric_sample(&metrics, "backless_worker_memory_reserved_bytes"),
+        0.0
+    );
+    let _ = stop.send(true);
+}
