@@ -307,6 +307,12 @@ async fn open_watchers(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    settle(n, &opened, dropped).await
+}
+
+/// Wait (at most a minute) until each of `n` streams has opened or failed: how many are open,
+/// and the counter of those that ended.
+async fn settle(n: usize, opened: &AtomicU64, dropped: Arc<AtomicU64>) -> (usize, Arc<AtomicU64>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while (opened.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < n as u64
         && Instant::now() < deadline
@@ -372,13 +378,7 @@ async fn open_watchers_h2(
             });
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (opened.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < n as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((opened.load(Ordering::Relaxed) as usize, dropped))
+    Ok(settle(n, &opened, dropped).await)
 }
 
 async fn sse_gauge(client: &reqwest::Client, web: &str) -> u64 {

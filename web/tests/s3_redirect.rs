@@ -7,9 +7,9 @@
 #[path = "it/helpers.rs"]
 mod helpers;
 
-use backless_common::config::FromSettings;
 use std::time::Duration;
 
+use backless_common::config::FromSettings;
 use backless_common::testing::S3Server;
 use helpers::{browser, png_bytes, spawn_app};
 

@@ -1,10 +1,10 @@
 //! The `worker` command line: batch background removal and model import.
 
-use backless_common::config::FromSettings;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use backless_common::config::FromSettings;
 use backless_common::job::{Margin, Pipeline};
 use backless_common::limits::ImageLimits;
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::budget::{MemoryBudget, default_budget_bytes};
 use crate::model::{Arch, Segmenter};
 use crate::ops::remove_background;
-use crate::pipeline::{Crop, OutputFormat, OutputOptions, PipelineError, Rgb};
+use crate::pipeline::{Crop, OutputFormat, OutputOptions, Rgb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -350,9 +350,7 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.format.extension()
     };
-    if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
-        anyhow::bail!(PipelineError::JpegNeedsBackground);
-    }
+    opts.check()?;
     let ops = opts.operations(&seg.info.name);
     let budget = args.batch.budget();
     let files = collect_inputs(&args.inputs, ext);

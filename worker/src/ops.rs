@@ -153,9 +153,7 @@ pub fn remove_background(
     limits: &ImageLimits,
     opts: &OutputOptions,
 ) -> Result<Output, PipelineError> {
-    if opts.format == OutputFormat::Jpeg && !opts.mask_only && opts.bg_color.is_none() {
-        return Err(PipelineError::JpegNeedsBackground);
-    }
+    opts.check()?;
     let ops = opts.operations(&segmenter.info.name);
     run(&ops, bytes, None, limits, Some(segmenter), |_| {})
 }

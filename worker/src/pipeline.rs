@@ -435,6 +435,14 @@ pub fn clear_hidden_colour(img: &mut DynamicImage) {
 }
 
 impl OutputOptions {
+    /// Refuse options no image can satisfy: a transparent cut-out as JPEG.
+    pub fn check(&self) -> Result<(), PipelineError> {
+        if self.format == OutputFormat::Jpeg && !self.mask_only && self.bg_color.is_none() {
+            return Err(PipelineError::JpegNeedsBackground);
+        }
+        Ok(())
+    }
+
     /// These options as a pipeline for `model`.
     pub fn operations(&self, model: &str) -> Vec<Operation> {
         let mut ops = vec![Operation::RemoveBackground {

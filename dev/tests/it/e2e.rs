@@ -1,10 +1,10 @@
 //! The whole flow on embedded defaults, over HTTP only: web -> Cloud Tasks emulator -> worker
 //! (real U²-NetP) -> SSE -> download -> deletion.
 
-use backless_common::config::FromSettings;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backless_common::config::FromSettings;
 use backless_common::events::{Events, InProcessEvents};
 use backless_emulator::{Emulator, EmulatorConfig};
 use futures::StreamExt;

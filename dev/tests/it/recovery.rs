@@ -2,10 +2,10 @@
 //! again still brings the job to `done`, through the queue's retries (the killed delivery, then
 //! 503s while the dead worker's claim lease is live) and the lease running out.
 
-use backless_common::config::FromSettings;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backless_common::config::FromSettings;
 use backless_emulator::{Emulator, EmulatorConfig};
 
 struct Killed(Child);

@@ -3,9 +3,9 @@
 //! Progress of a job uploaded through one replica reaches a watcher on the other; a Redis restart
 //! mid-stream loses nothing that matters; the last watcher across replicas decides deletion.
 
-use backless_common::config::FromSettings;
 use std::time::{Duration, Instant};
 
+use backless_common::config::FromSettings;
 use backless_common::events::{Events, RedisEvents, RedisOptions};
 use backless_emulator::{Emulator, EmulatorConfig};
 use futures::StreamExt;

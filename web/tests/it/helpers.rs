@@ -1,9 +1,9 @@
-use backless_common::config::FromSettings;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backless_common::config::FromSettings;
 use backless_common::events::{Events, InProcessEvents, JobEvent, Stage};
 use backless_common::storage::Storage;
 use backless_common::testing::FaultyStore;

@@ -2,9 +2,9 @@
 //! applies every migration and exits, a second run has nothing to do, and web configured not to
 //! migrate on start refuses a database that was not migrated and starts on one that was.
 
-use backless_common::config::FromSettings;
 use std::process::Command;
 
+use backless_common::config::FromSettings;
 use backless_web::{App, WebConfig};
 
 fn migrate(db_url: &str) -> (bool, String, String) {

@@ -3,9 +3,9 @@
 //! The job is finished the way a worker finishes it (see `TestApp::finish_job`); the real worker
 //! and the real remove.bg clients run in `scripts/test-clients.sh`.
 
-use backless_common::config::FromSettings;
 use std::time::Duration;
 
+use backless_common::config::FromSettings;
 use base64::Engine;
 
 use crate::helpers::*;

@@ -102,6 +102,16 @@ pub async fn record_astronaut_job(
     id
 }
 
+/// The worker's `/metrics` page.
+pub async fn fetch_metrics(worker_url: &str) -> String {
+    reqwest::get(format!("{worker_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of `name{labels}` in a Prometheus text body (0 when absent).
 pub fn metric_sample(metrics: &str, name_and_labels: &str) -> f64 {
     metrics

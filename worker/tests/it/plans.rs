@@ -45,10 +45,14 @@ async fn plant(db: &Db, storage: &Storage, png: Vec<u8>, pipeline: serde_json::V
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
-    let dir = tempfile::tempdir().unwrap();
-    let pairs = crate::worker_env(dir.path());
+/// A worker on the database and storage in `dir`, with `extra` settings, served in the
+/// background: its database, storage, URL and the sender that stops it.
+async fn start_worker(
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (Db, Storage, String, tokio::sync::watch::Sender<bool>) {
+    let mut pairs = crate::worker_env(dir);
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let common = CommonConfig::from_pairs(pairs.clone()).unwrap();
     let db = Db::connect(&common.database).await.unwrap();
     let storage = Storage::from_config(&common.storage).unwrap();
@@ -58,7 +62,13 @@ async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
     .await
     .unwrap();
     let url = format!("http://{}", worker.addr());
-    let stop = crate::serve_worker(worker);
+    (db, storage, url, crate::serve_worker(worker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, storage, url, stop) = start_worker(dir.path(), &[]).await;
     let http = reqwest::Client::new();
     let push = |id: String| {
         let http = http.clone();
@@ -149,14 +159,7 @@ async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
         assert!(!message.is_empty(), "{ops:?}");
     }
     // No pixel was decoded for any of them: the plan failed them from the header.
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::fetch_metrics(&url).await;
     assert_eq!(
         crate::metric_sample(
             &metrics,
@@ -188,19 +191,14 @@ async fn planted_jobs_beyond_the_limits_fail_before_decoding() {
 async fn jobs_wait_for_memory_and_all_finish() {
     assert!(crate::weights_present("u2netp"));
     let dir = tempfile::tempdir().unwrap();
-    let mut pairs = crate::worker_env(dir.path());
-    pairs.push(("BACKLESS_WORKER_CONCURRENCY".into(), "3".into()));
-    pairs.push(("BACKLESS_WORKER_MEMORY_MB".into(), "1".into()));
-    let common = CommonConfig::from_pairs(pairs.clone()).unwrap();
-    let db = Db::connect(&common.database).await.unwrap();
-    let storage = Storage::from_config(&common.storage).unwrap();
-    let worker = backless_worker::server::App::build(
-        backless_worker::config::WorkerConfig::from_pairs(pairs).unwrap(),
+    let (db, storage, url, stop) = start_worker(
+        dir.path(),
+        &[
+            ("BACKLESS_WORKER_CONCURRENCY", "3"),
+            ("BACKLESS_WORKER_MEMORY_MB", "1"),
+        ],
     )
-    .await
-    .unwrap();
-    let url = format!("http://{}", worker.addr());
-    let stop = crate::serve_worker(worker);
+    .await;
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -232,14 +230,7 @@ async fn jobs_wait_for_memory_and_all_finish() {
         let job = db.get(id).await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Done, "{id}: {:?}", job.error_message);
     }
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::fetch_metrics(&url).await;
     assert_eq!(
         crate::metric_sample(&metrics, "backless_worker_memory_budget_bytes"),
         f64::from(1u32 << 20)

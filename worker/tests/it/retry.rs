@@ -72,7 +72,7 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
         assert!(Instant::now() < deadline, "job stuck in {:?}", job.state);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = fetch_metrics(&worker_url).await;
+    let metrics = crate::fetch_metrics(&worker_url).await;
     let retries = crate::metric_sample(&metrics, "backless_worker_pushes_total{outcome=\"retry\"}");
     let done = crate::metric_sample(&metrics, "backless_worker_pushes_total{outcome=\"done\"}");
     assert!(retries >= 1.0, "no 503 was answered:\n{metrics}");
@@ -84,7 +84,7 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
     // With no further job, the idle worker hands its memory back (2 s after the last job).
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let metrics = fetch_metrics(&worker_url).await;
+        let metrics = crate::fetch_metrics(&worker_url).await;
         if crate::metric_sample(&metrics, "backless_worker_memory_trims_total") == 1.0 {
             break;
         }
@@ -93,14 +93,4 @@ async fn busy_job_answers_503_and_the_retry_finishes_it() {
     }
     let _ = stop_tx.send(true);
     emulator.shutdown().await;
-}
-
-/// The worker's Prometheus text.
-async fn fetch_metrics(worker_url: &str) -> String {
-    reqwest::get(format!("{worker_url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
