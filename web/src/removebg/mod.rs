@@ -447,13 +447,12 @@ impl Cleanup {
         if self.id.is_empty() {
             return;
         }
-        if let Some(c) = self.refund.take() {
-            c.refund(&self.shared.db).await;
-        }
-        let id = std::mem::take(&mut self.id);
-        if let Err(e) = self.shared.delete_job(&id, "removebg").await {
-            tracing::warn!(error = ?e, job_id = %id, "cannot delete a removebg job; the sweep will");
-        }
+        settle(
+            &self.shared,
+            std::mem::take(&mut self.id),
+            self.refund.take(),
+        )
+        .await;
     }
 
     /// Move the duty to another owner (the answer's body); this one is left with nothing to do.
@@ -471,11 +470,28 @@ impl Drop for Cleanup {
         if self.id.is_empty() {
             return;
         }
-        let mut rest = self.hand_over();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        rt.spawn(async move { rest.settle().await });
+        // The task carries plain data, not a `Cleanup`: a runtime shutting down drops the tasks
+        // it will never run (and refuses new ones, dropping them at once), and a `Cleanup` in
+        // one would spawn another from its drop, without end. Whatever is left, the sweep deletes.
+        let (shared, id, refund) = (
+            Arc::clone(&self.shared),
+            std::mem::take(&mut self.id),
+            self.refund.take(),
+        );
+        rt.spawn(async move { settle(&shared, id, refund).await });
+    }
+}
+
+/// Give the credit back (if due) and delete the job.
+async fn settle(shared: &Shared, id: String, refund: Option<Charge>) {
+    if let Some(c) = refund {
+        c.refund(&shared.db).await;
+    }
+    if let Err(e) = shared.delete_job(&id, "removebg").await {
+        tracing::warn!(error = ?e, job_id = %id, "cannot delete a removebg job; the sweep will");
     }
 }
 
@@ -863,5 +879,59 @@ impl RemoveBgApi {
                 },
             },
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use backless_common::config::{CommonConfig, FromSettings};
+    use backless_common::startup::{Backends, Components};
+    use backless_common::tasks::TaskQueue;
+
+    use super::*;
+
+    /// A job's cleanup still pending when its runtime shuts down (a response body never sent)
+    /// ends there. Its drop used to spawn a task holding another cleanup, which the closing
+    /// runtime dropped at once, which spawned another: a stack overflow that took the process
+    /// down.
+    #[test]
+    fn a_cleanup_pending_at_runtime_shutdown_ends_there() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = CommonConfig::from_pairs([
+                ("BACKLESS_DATABASE_URL", "sqlite::memory:"),
+                ("BACKLESS_STORAGE_URL", "memory://"),
+            ])
+            .unwrap();
+            let Backends {
+                db,
+                storage,
+                events,
+            } = Components::default().resolve(&config).await.unwrap();
+            let shared = Arc::new(Shared::new(
+                db,
+                storage,
+                events,
+                Arc::new(TaskQueue::new(config.tasks.clone())),
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            ));
+            tokio::spawn(async move {
+                let _cleanup = Cleanup {
+                    shared,
+                    id: "a-job-never-answered".into(),
+                    refund: None,
+                };
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+        });
+        drop(rt);
     }
 }
