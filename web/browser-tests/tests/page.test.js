@@ -83,6 +83,12 @@ describe('the BackLess page', () => {
     const cfg = await (await fetch(`${stack.url}/v1/config`)).json();
     assert.match(await page.textContent('#limits'), new RegExp(`up to 25 MB and ${cfg.max_pixels / 1e6} megapixels`));
     assert.match(await page.textContent('#grace-text'), new RegExp(`${GRACE_S} seconds`));
+    assert.match(await page.textContent('#limits'), new RegExp(`${cfg.batch_size} at a time`));
+    // The model list is the server's, in its order, with its words.
+    const offered = await page.locator('#opt-model option').evaluateAll((os) => os.map((o) => o.value));
+    assert.deepEqual(offered, cfg.models.map((m) => m.id));
+    assert.equal(await page.inputValue('#opt-model'), 'u2netp', 'the first model loaded is chosen');
+    assert.match(await page.textContent('#opt-model option[value="isnet"]'), /^IS-Net/);
     assert.equal(await page.locator('#opt-model option[value="u2net"]').isDisabled(), true, 'models not loaded are offered disabled');
 
     // Hold the queue so the waiting view can be seen as it is.

@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use backless_common::db::job::MODELS;
+use backless_common::job::{MODELS, model_label};
 use backless_common::limits::ImageLimits;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
 
 use crate::upload::ACCEPTED_TYPES;
+
+/// The most photos the page sends at once (see [`ConfigView::batch_size`]).
+const PAGE_BATCH: u64 = 4;
 
 #[derive(Tags)]
 enum ApiTags {
@@ -29,6 +32,8 @@ pub struct ConfigApi {
 #[derive(Debug, Clone, Object)]
 pub struct ModelView {
     pub id: String,
+    /// What the page calls it.
+    pub label: String,
     pub available: bool,
 }
 
@@ -49,6 +54,9 @@ pub struct ConfigView {
     pub models: Vec<ModelView>,
     /// Jobs a client may have queued or processing at once (`429 too_many_jobs` beyond).
     pub max_live_jobs: u64,
+    /// Photos the page sends at once: at most `max_live_jobs`, and at most 4, since each holds
+    /// an event stream and browsers open six HTTP/1.1 connections per host.
+    pub batch_size: u64,
     /// Seconds a finished job's files survive after its last event stream closes.
     pub grace_seconds: u64,
 }
@@ -68,10 +76,12 @@ impl ConfigApi {
                 .iter()
                 .map(|m| ModelView {
                     id: (*m).to_string(),
+                    label: model_label(m).to_string(),
                     available: self.models.iter().any(|a| a == m),
                 })
                 .collect(),
             max_live_jobs: self.max_live_per_client,
+            batch_size: self.max_live_per_client.clamp(1, PAGE_BATCH),
             grace_seconds: self.grace.as_secs(),
         })
     }

@@ -357,14 +357,16 @@ async fn config_tells_the_page_the_limits_the_server_enforces() {
     assert_eq!(cfg["max_pixels"], 1_234_567);
     assert_eq!(cfg["max_side"], 3000);
     assert_eq!(cfg["max_live_jobs"], 3);
+    // The page sends no more photos at once than the client may have live.
+    assert_eq!(cfg["batch_size"], 3);
     assert_eq!(cfg["grace_seconds"], 7);
     assert_eq!(cfg["formats"], serde_json::json!(["png", "webp", "jpeg"]));
     assert_eq!(
         cfg["models"],
         serde_json::json!([
-            {"id": "u2netp", "available": true},
-            {"id": "u2net", "available": false},
-            {"id": "isnet", "available": true},
+            {"id": "u2netp", "label": "U²-NetP (fast)", "available": true},
+            {"id": "u2net", "label": "U²-Net (balanced)", "available": false},
+            {"id": "isnet", "label": "IS-Net (best quality)", "available": true},
         ])
     );
     let types = cfg["content_types"].as_array().unwrap();
