@@ -12,10 +12,10 @@ pub mod pipeline;
 pub mod plan;
 mod stage;
 
-pub use colour::normalize_color;
+pub use colour::{ColourError, Rgb, normalize_color};
 pub use format::OutputFormat;
 pub use geometry::{Length, Margin, Region, parse_position, parse_scale};
-pub use model::{DEFAULT_MODEL, MODELS};
+pub use model::{DEFAULT_MODEL, MODELS, model_label};
 pub use pipeline::*;
 pub use plan::{Plan, PlanError, PlannedStage, Size, Step, stages};
 pub use stage::{OPS_SEQ, Stage};

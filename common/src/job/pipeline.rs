@@ -647,7 +647,10 @@ impl FromStr for Operation {
                 mask_only: p.take("mask_only", "true or false")?.unwrap_or(false),
                 bg_color: match p.text("bg_color") {
                     Some(c) => Some(normalize_color(&c).ok_or_else(|| {
-                        OpsError::bad(name, format!("bg_color {c:?} must be #rgb or #rrggbb"))
+                        OpsError::bad(
+                            name,
+                            format!("bg_color {c:?}: use #rrggbb, #rgb or a name such as white"),
+                        )
                     })?),
                     None => None,
                 },
@@ -1002,7 +1005,22 @@ mod tests {
         assert_eq!(code(&["encode:format=webp,quality=0"]), "bad_parameter");
         assert_eq!(code(&["encode:format=webp,quality=101"]), "bad_parameter");
         assert_eq!(code(&["remove_background:model=sam"]), "bad_parameter");
-        assert_eq!(code(&["remove_background:bg_color=red"]), "bad_parameter");
+        assert_eq!(
+            code(&["remove_background:bg_color=redish"]),
+            "bad_parameter"
+        );
+        // The spellings every other input takes (a name, three digits) are recorded as #rrggbb.
+        for red in ["Red", "f00", "#FF0000"] {
+            let p = parse(&[&format!("remove_background:bg_color={red}")]).unwrap();
+            assert_eq!(
+                p.to_strings()[0],
+                "remove_background:model=u2netp,bg_color=#ff0000"
+            );
+        }
+        assert_eq!(
+            code(&["remove_background:bg_color=#ff000080"]),
+            "bad_parameter"
+        );
         assert_eq!(code(&["thumbnail:size=9"; 9]), "pipeline_too_long");
         assert_eq!(
             code(&["thumbnail:size=9", "remove_background"]),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use backless_common::db::OutputFormat;
 use backless_common::job::{
-    Length, Margin, Operation, Pipeline, Region, normalize_color, parse_position, parse_scale,
+    ColourError, Length, Margin, Operation, Pipeline, Region, Rgb, parse_position, parse_scale,
 };
 
 /// One refused parameter: remove.bg's error code and a message.
@@ -89,31 +89,6 @@ const TYPES: &[&str] = &[
 ];
 
 /// Colour names `bg_color` takes besides hex (CSS's basic colours).
-const COLOUR_NAMES: &[(&str, &str)] = &[
-    ("white", "#ffffff"),
-    ("black", "#000000"),
-    ("red", "#ff0000"),
-    ("green", "#008000"),
-    ("lime", "#00ff00"),
-    ("blue", "#0000ff"),
-    ("yellow", "#ffff00"),
-    ("cyan", "#00ffff"),
-    ("aqua", "#00ffff"),
-    ("magenta", "#ff00ff"),
-    ("fuchsia", "#ff00ff"),
-    ("gray", "#808080"),
-    ("grey", "#808080"),
-    ("silver", "#c0c0c0"),
-    ("maroon", "#800000"),
-    ("olive", "#808000"),
-    ("navy", "#000080"),
-    ("purple", "#800080"),
-    ("teal", "#008080"),
-    ("orange", "#ffa500"),
-    ("pink", "#ffc0cb"),
-    ("brown", "#a52a2a"),
-];
-
 /// Largest `crop_margin` in pixels (remove.bg's own maximum).
 const MAX_CROP_MARGIN: u32 = 500;
 
@@ -130,26 +105,20 @@ fn boolean(field: &str, v: &str) -> Result<bool, ParamError> {
 
 /// A colour as remove.bg takes it: hex with or without `#` (3 or 6 digits), or a name.
 pub fn colour(v: &str) -> Result<String, ParamError> {
-    let v = v.trim();
-    if let Some((_, hex)) = COLOUR_NAMES
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(v))
-    {
-        return Ok((*hex).to_string());
-    }
-    let digits = v.trim_start_matches('#');
-    if matches!(digits.len(), 4 | 8) && digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(err(
+    match v.parse::<Rgb>() {
+        Ok(c) => Ok(c.to_string()),
+        Err(ColourError::Translucent) => Err(err(
             "invalid_bg_color",
             "semi-transparent background colours are not supported; give 3 or 6 hex digits",
-        ));
-    }
-    normalize_color(v).ok_or_else(|| {
-        err(
+        )),
+        Err(ColourError::Unknown(_)) => Err(err(
             "invalid_bg_color",
-            format!("bg_color must be a hex colour (81d4fa, fff) or a colour name, not {v:?}"),
-        )
-    })
+            format!(
+                "bg_color must be a hex colour (81d4fa, fff) or a colour name, not {:?}",
+                v.trim()
+            ),
+        )),
+    }
 }
 
 impl Params {
