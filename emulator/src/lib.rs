@@ -18,15 +18,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
-pub mod grpc;
-pub mod json;
 pub mod model;
 pub mod names;
 pub mod oidc;
-pub mod rest;
 pub mod store;
 
 use std::future::Future;
@@ -35,8 +33,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::post;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -141,7 +137,7 @@ impl Emulator {
         };
         let engine = Engine::new(store, settings, key)?;
         let scheduler = tokio::spawn(Arc::clone(&engine).run_scheduler());
-        let app = router(Arc::clone(&engine));
+        let app = api::router(Arc::clone(&engine));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let server = tokio::spawn(async move {
@@ -161,41 +157,6 @@ impl Emulator {
             grace: config.shutdown_grace,
         })
     }
-}
-
-/// Shared state of both front ends.
-#[derive(Clone)]
-pub struct AppState {
-    pub engine: Arc<Engine>,
-}
-
-/// The router: gRPC by path, everything else REST.
-pub fn router(engine: Arc<Engine>) -> Router {
-    Router::new()
-        .route(
-            "/google.cloud.tasks.v2.CloudTasks/{method}",
-            post(grpc::handle),
-        )
-        .fallback(fallback)
-        .with_state(AppState { engine })
-}
-
-/// A gRPC call to a method nobody serves gets gRPC's `UNIMPLEMENTED`; anything else is REST.
-async fn fallback(
-    state: axum::extract::State<AppState>,
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    let grpc = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    if grpc {
-        return grpc::unimplemented_path(uri.path());
-    }
-    rest::handle(state, method, uri, body).await
 }
 
 /// A running emulator.

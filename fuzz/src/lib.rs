@@ -40,7 +40,7 @@ pub fn upload(data: &[u8]) {
 /// never an allocation the limits did not allow.
 pub fn decode(data: &[u8]) {
     let l = limits();
-    if let Ok(img) = backless_worker::pipeline::decode(data, &l) {
+    if let Ok(img) = backless_worker::imaging::decode(data, &l) {
         // EXIF rotation may swap the sides, not grow them.
         assert!(img.width() <= l.max_side && img.height() <= l.max_side);
         assert!(u64::from(img.width()) * u64::from(img.height()) <= l.max_pixels);
@@ -54,18 +54,18 @@ pub fn emulator_rest(data: &[u8]) {
         return;
     };
     for v in [&v, &v["queue"], &v["task"]] {
-        if let Ok(mut q) = backless_emulator::json::queue_from_json(v)
+        if let Ok(mut q) = backless_emulator::api::json::queue_from_json(v)
             && normalize_queue(&mut q).is_ok()
         {
-            let _ = backless_emulator::json::queue_to_json(&q, backless_emulator::json::Enums::Str);
+            let _ = backless_emulator::api::json::queue_to_json(&q, backless_emulator::api::json::Enums::Str);
         }
-        if let Ok(mut t) = backless_emulator::json::task_from_json(v)
+        if let Ok(mut t) = backless_emulator::api::json::task_from_json(v)
             && normalize_http_task(&mut t).is_ok()
         {
-            let _ = backless_emulator::json::task_to_json(&t, backless_emulator::json::Enums::Str);
+            let _ = backless_emulator::api::json::task_to_json(&t, backless_emulator::api::json::Enums::Str);
         }
     }
-    let _ = backless_emulator::json::view_from(v.get("responseView"));
+    let _ = backless_emulator::api::json::view_from(v.get("responseView"));
 }
 
 /// The emulator's gRPC request messages: protobuf decode, then names and validation.

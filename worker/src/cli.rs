@@ -10,9 +10,9 @@ use backless_common::limits::ImageLimits;
 use clap::{Args, Parser, Subcommand};
 
 use crate::budget::{MemoryBudget, default_budget_bytes};
+use crate::imaging::remove_background;
+use crate::imaging::{Crop, OutputFormat, OutputOptions, Rgb};
 use crate::model::{Arch, Segmenter};
-use crate::ops::remove_background;
-use crate::pipeline::{Crop, OutputFormat, OutputOptions, Rgb};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -355,7 +355,7 @@ pub fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let budget = args.batch.budget();
     let files = collect_inputs(&args.inputs, ext);
     batch(&files, &args.output, args.batch.jobs(), |bytes| {
-        let out = crate::ops::run_within(
+        let out = crate::imaging::run_within(
             Some(&budget),
             &ops,
             bytes,
@@ -395,7 +395,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<ExitCode> {
     let budget = args.batch.budget();
     let files = collect_inputs(&args.inputs, pipeline.format().extension());
     batch(&files, &args.output, args.batch.jobs(), |bytes| {
-        let out = crate::ops::run_within(
+        let out = crate::imaging::run_within(
             Some(&budget),
             pipeline.operations(),
             bytes,
@@ -448,9 +448,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let bytes = std::fs::read(&args.photo)?;
     let limits = ImageLimits::default();
-    let img = crate::pipeline::decode(&bytes, &limits)?;
+    let img = crate::imaging::decode(&bytes, &limits)?;
     let input =
-        crate::pipeline::normalise(&crate::pipeline::model_pixels(&img, &seg.info), &seg.info)?;
+        crate::model::io::normalise(&crate::model::io::model_pixels(&img, &seg.info), &seg.info)?;
     let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         let t = Instant::now();
         f()?;
@@ -511,7 +511,7 @@ pub fn bench_ops(args: BenchOpsArgs) -> anyhow::Result<ExitCode> {
     let mut img = None;
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
-        img = Some(crate::pipeline::decode(&bytes, &limits)?);
+        img = Some(crate::imaging::decode(&bytes, &limits)?);
         decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let img = img.expect("decoded at least once");
@@ -526,9 +526,9 @@ pub fn bench_ops(args: BenchOpsArgs) -> anyhow::Result<ExitCode> {
         let op: Operation = text.parse().map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
         let mut times = Vec::new();
         for _ in 0..args.runs.max(1) {
-            let mut work = crate::ops::Work::new(img.clone());
+            let mut work = crate::imaging::Work::new(img.clone());
             let t = Instant::now();
-            crate::ops::apply(&mut work, &op, None, &mut |_| {})?;
+            crate::imaging::apply(&mut work, &op, None, &mut |_| {})?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         line(name, median(times));
@@ -575,7 +575,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sha256,
         }) => {
             let name = name.unwrap_or_else(|| arch.name().to_string());
-            let info = crate::onnx::import_file(&onnx, arch, &name, &out, sha256.as_deref())?;
+            let info =
+                crate::model::onnx::import_file(&onnx, arch, &name, &out, sha256.as_deref())?;
             eprintln!(
                 "imported {} ({}, input {}x{}) into {}",
                 info.name,

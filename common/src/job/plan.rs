@@ -112,7 +112,7 @@ impl PlanError {
     }
 }
 
-/// What closed-form matting holds per pixel at worst (`backless_worker::matting`).
+/// What closed-form matting holds per pixel at worst (`backless_worker::imaging::cutout::matting`).
 pub const MATTING_BYTES_PER_PIXEL: u64 = 158;
 
 /// WebP's largest side.
@@ -129,7 +129,7 @@ fn bytes_per_pixel(op: &Operation) -> (u64, u64) {
         // RGB copy for the model input, the mask and its resampling, the RGBA cut-out; with
         // edge colours estimated, the solver's two 16-bit RGB planes and its 8-bit result.
         // Alpha matting first (the photo, its RGB copy, the mask, and the solver's worst case,
-        // every pixel unknown: see worker/src/matting.rs), freed before compositing.
+        // every pixel unknown: see worker/src/imaging/cutout/matting.rs), freed before compositing.
         Operation::RemoveBackground { matting: true, .. } => {
             (4 + 3 + 1 + MATTING_BYTES_PER_PIXEL, 4)
         }

@@ -5,9 +5,11 @@
 //! convolution, pooling and upsampling kernels they call live in [`ops`], so faster kernels can be
 //! swapped in without touching the networks.
 
+pub mod io;
 pub mod isnet;
 pub mod kernels;
 pub mod layers;
+pub mod onnx;
 pub mod rsu;
 pub mod u2net;
 

@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 use backless_common::limits::{ImageLimits, LimitError};
-use backless_worker::pipeline::{PipelineError, decode};
+use backless_worker::imaging::{PipelineError, decode};
 use image::{ImageFormat, RgbImage};
 
 fn encoded(format: ImageFormat, w: u32, h: u32) -> Vec<u8> {
@@ -181,10 +181,10 @@ fn polyglot_gif_with_script_is_decoded_as_an_image_and_reencoding_drops_the_rest
     let img = decode(&polyglot, &ImageLimits::default()).unwrap();
     assert_eq!((img.width(), img.height()), (16, 16));
     for format in [
-        backless_worker::pipeline::OutputFormat::Png,
-        backless_worker::pipeline::OutputFormat::Webp,
+        backless_worker::imaging::OutputFormat::Png,
+        backless_worker::imaging::OutputFormat::Webp,
     ] {
-        let out = backless_worker::ops::encode(&img, format, None).unwrap();
+        let out = backless_worker::imaging::encode(&img, format, None).unwrap();
         assert!(!out.windows(7).any(|w| w == b"<script"), "{format:?}");
     }
 }

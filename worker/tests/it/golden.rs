@@ -2,7 +2,7 @@
 //! `worker/tests/golden/make_golden.py` (its docstring has the exact command).
 
 use backless_worker::model::Segmenter;
-use backless_worker::pipeline::{model_pixels, normalise};
+use backless_worker::model::io::{model_pixels, normalise};
 use image::{GrayImage, ImageBuffer, Luma};
 
 const PHOTOS: [&str; 2] = ["astronaut", "chelsea"];
@@ -136,7 +136,7 @@ fn isnet_matches_onnxruntime() {
 /// least 0.05, and what a viewer sees (the difference times alpha) everywhere.
 #[test]
 fn foreground_matches_pymatting() {
-    use backless_worker::foreground::{Params, estimate_foreground};
+    use backless_worker::imaging::cutout::foreground::{Params, estimate_foreground};
     for name in PHOTOS {
         let image = photo(name).to_rgb8();
         let alpha = golden("u2netp", name, "mask").to_luma8();
@@ -188,7 +188,7 @@ fn foreground_matches_pymatting() {
 /// levels.
 #[test]
 fn matting_matches_pymatting() {
-    use backless_worker::matting::{Params, UNKNOWN, solve, trimap};
+    use backless_worker::imaging::cutout::matting::{Params, UNKNOWN, solve, trimap};
     for name in PHOTOS {
         let image = photo(name).to_rgb8();
         let mask = golden("u2netp", name, "mask").to_luma8();
@@ -248,7 +248,7 @@ fn matting_matches_pymatting() {
 #[test]
 #[ignore]
 fn encoder_tradeoffs() {
-    use backless_worker::encode::{png, webp};
+    use backless_worker::imaging::encode::{png, webp};
     use image::imageops::FilterType;
     use std::time::Instant;
     let cut = match std::env::var("BACKLESS_BENCH_CUTOUT") {

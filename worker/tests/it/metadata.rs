@@ -4,8 +4,8 @@
 use std::io::Cursor;
 
 use backless_common::limits::ImageLimits;
-use backless_worker::ops::remove_background;
-use backless_worker::pipeline::{OutputFormat, OutputOptions, Rgb};
+use backless_worker::imaging::remove_background;
+use backless_worker::imaging::{OutputFormat, OutputOptions, Rgb};
 use image::{ImageDecoder, ImageFormat, RgbImage};
 
 /// A big-endian TIFF/EXIF block: IFD0 holds only a GPS IFD pointer; the GPS IFD says 51°30'N,

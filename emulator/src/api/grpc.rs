@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::Response;
 
-use crate::AppState;
+use super::AppState;
 use crate::error::ApiError;
 use crate::model::pb;
 

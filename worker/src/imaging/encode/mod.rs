@@ -9,7 +9,8 @@ use std::io::Cursor;
 
 use image::{DynamicImage, GrayImage};
 
-use crate::pipeline::{self, OutputFormat, PipelineError};
+use super::cutout;
+use super::{OutputFormat, PipelineError};
 
 /// True when some pixel is not fully opaque.
 fn has_transparency(img: &DynamicImage) -> bool {
@@ -21,7 +22,7 @@ fn has_transparency(img: &DynamicImage) -> bool {
 }
 
 /// Encode `img`. Fully transparent pixels are written with colour 0 in every format that keeps
-/// alpha (see [`pipeline::clear_hidden_colour`]; the image is copied only when it still has
+/// alpha (see [`cutout::clear_hidden_colour`]; the image is copied only when it still has
 /// such colours). `quality` (1-100) is JPEG's (default 90), a zip's `color.jpg`'s, or makes a
 /// WebP lossy (its alpha stays lossless); without it WebP is lossless. JPEG refuses transparent
 /// pixels (an opaque alpha channel is dropped); a zip carries the alpha as its own matte.
@@ -31,9 +32,9 @@ pub fn encode(
     quality: Option<u8>,
 ) -> Result<Vec<u8>, PipelineError> {
     let cleared;
-    let img = if format.has_alpha() && pipeline::carries_hidden_colour(img) {
+    let img = if format.has_alpha() && cutout::carries_hidden_colour(img) {
         let mut copy = img.clone();
-        pipeline::clear_hidden_colour(&mut copy);
+        cutout::clear_hidden_colour(&mut copy);
         cleared = copy;
         &cleared
     } else {

@@ -1,26 +1,37 @@
-//! Runs a job's pipeline ([`Pipeline`]) on one image: decode under limits (EXIF orientation
-//! applied), each operation in order, then encode.
+//! The image operations a job runs, under one name: decode under limits (EXIF orientation
+//! applied), each operation of the pipeline in order (the cut-out, resize, watermark, filter,
+//! ...), then encode.
 //!
 //! Pixels stay 8-bit throughout (a 16-bit PNG is reduced on decode); an image with alpha stays
 //! RGBA (resizing premultiplies, so transparent edges do not darken), and JPEG output is refused
 //! when a pixel is actually transparent.
 
+pub mod cutout;
+pub mod decode;
+pub mod encode;
+mod error;
+mod filter;
+mod options;
+pub mod resample;
+mod resize;
+mod watermark;
+
 use std::time::{Duration, Instant};
 
-use backless_common::db::OutputFormat;
-use backless_common::job::plan::{resize_dimensions, thumbnail_dimensions};
-use backless_common::job::{FilterKind, Fit, Operation, Plan, Position, Region, Size};
+use backless_common::job::{Operation, Plan};
 use backless_common::limits::ImageLimits;
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, GrayImage, Rgba, RgbaImage};
+use image::{DynamicImage, GrayImage};
 
+use self::cutout::{backdrop, keep_region, place};
+pub use self::decode::{decode, decode_checked};
+pub use self::encode::encode;
+pub use self::error::PipelineError;
+use self::filter::apply_filter;
+pub use self::options::{Crop, Output, OutputFormat, OutputOptions, Rgb};
+use self::resize::{resize, thumbnail};
+use self::watermark::watermark;
 use crate::budget::MemoryBudget;
-pub use crate::encode::encode;
 use crate::model::Segmenter;
-use crate::pipeline::{self, Crop, Output, OutputOptions, PipelineError, Rgb};
-
-/// The watermark's typeface: DejaVu Sans Bold (free licence, see assets/fonts/LICENSE-DejaVu.txt).
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-Bold.ttf");
 
 /// What [`run`] reports while it works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +98,7 @@ pub fn run_within(
     let mut t = Instant::now();
     // Held until this function returns.
     let mut _reservation = None;
-    let img = pipeline::decode_checked(bytes, limits, |size| {
+    let img = decode_checked(bytes, limits, |size| {
         let plan = Plan::new(ops, size, limits)?;
         if let Some(budget) = budget {
             _reservation = Some(budget.reserve(reserved_bytes(&plan, ops, segmenter, bytes)));
@@ -179,10 +190,10 @@ pub fn apply(
             let mut mask = seg.mask(&work.img)?;
             progress(Progress::Segmented(t.elapsed()));
             if *matting {
-                let params = crate::matting::Params::default();
+                let params = cutout::matting::Params::default();
                 mask = match &work.img {
-                    DynamicImage::ImageRgb8(rgb) => crate::matting::refine(rgb, &mask, &params),
-                    other => crate::matting::refine(&other.to_rgb8(), &mask, &params),
+                    DynamicImage::ImageRgb8(rgb) => cutout::matting::refine(rgb, &mask, &params),
+                    other => cutout::matting::refine(&other.to_rgb8(), &mask, &params),
                 };
             }
             // After matting, whose unknown band may reach past the region's edge.
@@ -203,7 +214,7 @@ pub fn apply(
                 _ => [0; 4],
             };
             let img = std::mem::replace(&mut work.img, DynamicImage::new_luma8(0, 0));
-            work.img = pipeline::compose(img, &mask, &opts)?;
+            work.img = cutout::compose(img, &mask, &opts)?;
             work.mask = Some(mask);
         }
         // Needs the background image: see `run`.
@@ -219,7 +230,7 @@ pub fn apply(
                 margin: *margin,
             };
             if let Some(mask) = &work.mask
-                && let Some((x, y, w, h)) = pipeline::subject_box(mask, &crop)
+                && let Some((x, y, w, h)) = cutout::subject_box(mask, &crop)
             {
                 work.img = work.img.crop_imm(x, y, w, h);
                 work.mask = Some(image::imageops::crop_imm(mask, x, y, w, h).to_image());
@@ -249,87 +260,8 @@ pub fn apply(
     Ok(None)
 }
 
-/// Paint `background` (an encoded image, decoded under `limits`) behind the cut-out: scaled to
-/// cover it and centred, as remove.bg does unless the sizes already match. The result is opaque
-/// RGB.
-fn backdrop(work: &mut Work, background: &[u8], limits: &ImageLimits) -> Result<(), PipelineError> {
-    let (w, h) = (work.img.width(), work.img.height());
-    let decoded = pipeline::decode_checked(background, limits, |_| Ok(()))
-        .map_err(|e| PipelineError::Background(Box::new(e)))?;
-    let bg = scale(&eight_bit(decoded), w, h, true)
-        .map_err(|e| PipelineError::Background(Box::new(e)))?
-        .into_rgb8();
-    let fg = std::mem::replace(&mut work.img, DynamicImage::new_luma8(0, 0)).into_rgba8();
-    let mut out = bg;
-    for (o, f) in out.pixels_mut().zip(fg.pixels()) {
-        let a = u32::from(f.0[3]);
-        for (v, c) in o.0.iter_mut().zip(f.0) {
-            *v = ((u32::from(c) * a + u32::from(*v) * (255 - a) + 127) / 255) as u8;
-        }
-    }
-    work.img = DynamicImage::ImageRgb8(out);
-    work.mask = None;
-    work.background = [0; 4];
-    Ok(())
-}
-
-/// Clear the mask outside `roi`: nothing there can be subject.
-fn keep_region(mask: &mut GrayImage, roi: &Region) {
-    let (x0, y0, x1, y1) = roi.resolve(mask.width(), mask.height());
-    for (x, y, p) in mask.enumerate_pixels_mut() {
-        if !(x0..x1).contains(&x) || !(y0..y1).contains(&y) {
-            p.0[0] = 0;
-        }
-    }
-}
-
-/// `img` with its subject (the box of `mask` above the crop threshold) scaled to fit in
-/// `scale` percent of the image (its size kept when not given) and moved to `position`
-/// (percentages of the free space; centred when not given), on a canvas of `background`.
-fn place(
-    img: &DynamicImage,
-    mask: &GrayImage,
-    background: [u8; 4],
-    scale: Option<f32>,
-    position: Option<[f32; 2]>,
-) -> Result<DynamicImage, PipelineError> {
-    let Some((bx, by, bw, bh)) = pipeline::subject_box(mask, &Crop::default()) else {
-        return Ok(img.clone());
-    };
-    let (w, h) = (img.width(), img.height());
-    let (nw, nh) = match scale {
-        None => (bw, bh),
-        Some(s) => {
-            let s = f64::from(s) / 100.0;
-            let f = (s * f64::from(w) / f64::from(bw)).min(s * f64::from(h) / f64::from(bh));
-            // At most the image's sides: the subject's box times the smaller of the two ratios.
-            let side = |v: u32, max: u32| ((f64::from(v) * f).round() as u32).clamp(1, max);
-            (side(bw, w), side(bh, h))
-        }
-    };
-    // Without a position the operation has a scale (the pipeline checks it has one of them),
-    // and a scaled subject is centred.
-    let [px, py] = position.unwrap_or([50.0, 50.0]);
-    let at = |free: u32, p: f32| (f64::from(free) * f64::from(p) / 100.0).round() as i64;
-    let (x, y) = (at(w - nw, px), at(h - nh, py));
-    let subject = self::scale(&img.crop_imm(bx, by, bw, bh), nw, nh, false)?;
-    let mut canvas = match img {
-        DynamicImage::ImageLuma8(_) => {
-            DynamicImage::ImageLuma8(GrayImage::from_pixel(w, h, image::Luma([background[0]])))
-        }
-        DynamicImage::ImageRgb8(_) => DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
-            w,
-            h,
-            image::Rgb([background[0], background[1], background[2]]),
-        )),
-        _ => DynamicImage::ImageRgba8(RgbaImage::from_pixel(w, h, Rgba(background))),
-    };
-    image::imageops::replace(&mut canvas, &subject, x, y);
-    Ok(canvas)
-}
-
 /// 8-bit pixels in one of the four layouts the operations handle.
-fn eight_bit(img: DynamicImage) -> DynamicImage {
+pub(crate) fn eight_bit(img: DynamicImage) -> DynamicImage {
     match img {
         DynamicImage::ImageLuma8(_)
         | DynamicImage::ImageLumaA8(_)
@@ -342,310 +274,14 @@ fn eight_bit(img: DynamicImage) -> DynamicImage {
     }
 }
 
-/// Scale to exactly `w` x `h` (Lanczos-3; alpha premultiplied while filtering).
-fn scale(img: &DynamicImage, w: u32, h: u32, cover: bool) -> Result<DynamicImage, PipelineError> {
-    if (w, h) == (img.width(), img.height()) {
-        return Ok(img.clone());
-    }
-    let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
-    if cover {
-        options = options.fit_into_destination(None);
-    }
-    resample(img, w, h, &options)
-}
-
-/// `img` resampled to `w` x `h` by the resizer with `options`, in the same pixel layout (LumaA
-/// comes back as RGBA: the resizer has no SIMD path for it, and every encoder takes RGBA).
-fn resample(
-    img: &DynamicImage,
-    w: u32,
-    h: u32,
-    options: &ResizeOptions,
-) -> Result<DynamicImage, PipelineError> {
-    let rgba;
-    let src = match img {
-        DynamicImage::ImageLumaA8(_) => {
-            rgba = DynamicImage::ImageRgba8(img.to_rgba8());
-            &rgba
-        }
-        _ => img,
-    };
-    let mut dst = match src {
-        DynamicImage::ImageLuma8(_) => DynamicImage::new_luma8(w, h),
-        DynamicImage::ImageRgb8(_) => DynamicImage::new_rgb8(w, h),
-        _ => DynamicImage::new_rgba8(w, h),
-    };
-    Resizer::new().resize(src, &mut dst, options).map_err(|e| {
-        tracing::warn!(error = %e, "resampling failed");
-        PipelineError::Operation("the image could not be resized".into())
-    })?;
-    Ok(dst)
-}
-
-/// A planned side as a `u32`: the plan has checked it against the limits, so failing here means
-/// the image is not the one planned.
-fn planned(op: &str, (w, h): (u64, u64)) -> Result<(u32, u32), PipelineError> {
-    match (u32::try_from(w), u32::try_from(h)) {
-        (Ok(w), Ok(h)) => Ok((w, h)),
-        _ => Err(PipelineError::Operation(format!(
-            "{op} would make a {w}x{h} image"
-        ))),
-    }
-}
-
-fn resize(
-    img: &DynamicImage,
-    width: Option<u32>,
-    height: Option<u32>,
-    fit: Fit,
-) -> Result<DynamicImage, PipelineError> {
-    let size = Size::new(img.width(), img.height());
-    let (w, h) = planned("resize", resize_dimensions(size, width, height, fit))?;
-    let cover = fit == Fit::Cover && width.is_some() && height.is_some();
-    scale(img, w, h, cover)
-}
-
-/// Fit inside `size` x `size`, keeping the aspect ratio, never enlarging.
-fn thumbnail(
-    img: &DynamicImage,
-    size: Option<u32>,
-    pixels: Option<u64>,
-) -> Result<DynamicImage, PipelineError> {
-    let from = Size::new(img.width(), img.height());
-    let (w, h) = planned("thumbnail", thumbnail_dimensions(from, size, pixels))?;
-    if (w, h) == (img.width(), img.height()) {
-        return Ok(img.clone());
-    }
-    // Far below the original, a box reduction first keeps Lanczos's window small, as Pillow's
-    // `thumbnail` (`reducing_gap`) does; the final Lanczos pass is at least 2x from the target.
-    let factor = (img.width() / w).min(img.height() / h) / 2;
-    if factor >= 2 {
-        let reduced = box_reduce(img, factor)?;
-        return scale(&reduced, w, h, false);
-    }
-    scale(img, w, h, false)
-}
-
-/// Average `factor` x `factor` blocks (edges keep partial blocks).
-fn box_reduce(img: &DynamicImage, factor: u32) -> Result<DynamicImage, PipelineError> {
-    let (w, h) = (img.width().div_ceil(factor), img.height().div_ceil(factor));
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Box))
-        .use_alpha(true);
-    resample(img, w, h, &options)
-}
-
-/// Draw `text` near the `position` corner: white glyphs over a soft dark shadow, so it reads on
-/// light and dark photos alike. Its height is 5% of the shorter side (at least 12 px), reduced
-/// until it fits within 90% of the width.
-fn watermark(img: &mut DynamicImage, text: &str, position: Position, opacity: f32) {
-    use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
-
-    let font = FontRef::try_from_slice(FONT).expect("the embedded font parses");
-    let (iw, ih) = (img.width() as f32, img.height() as f32);
-    let mut px = (iw.min(ih) * 0.05).max(12.0);
-    let layout = |px: f32| {
-        let scaled = font.as_scaled(PxScale::from(px));
-        let mut caret = 0.0f32;
-        let mut glyphs = Vec::new();
-        let mut prev = None;
-        for c in text.chars() {
-            let id = scaled.glyph_id(c);
-            if let Some(p) = prev {
-                caret += scaled.kern(p, id);
-            }
-            glyphs.push(id.with_scale_and_position(px, point(caret, scaled.ascent())));
-            caret += scaled.h_advance(id);
-            prev = Some(id);
-        }
-        (glyphs, caret, scaled.ascent() - scaled.descent())
-    };
-    let (mut glyphs, mut width, mut height) = layout(px);
-    if width > iw * 0.9 && width > 0.0 {
-        px = (px * iw * 0.9 / width).max(4.0);
-        (glyphs, width, height) = layout(px);
-    }
-    let margin = (px * 0.5).round();
-    let x0 = match position {
-        Position::TopLeft | Position::BottomLeft => margin,
-        Position::TopRight | Position::BottomRight => iw - margin - width,
-        Position::Center => (iw - width) / 2.0,
-    };
-    let y0 = match position {
-        Position::TopLeft | Position::TopRight => margin,
-        Position::BottomLeft | Position::BottomRight => ih - margin - height,
-        Position::Center => (ih - height) / 2.0,
-    };
-    let shadow = (px / 16.0).max(1.0);
-
-    // Coverage of the text (and of its shadow), accumulated over all glyphs, kept for the box
-    // they cover only: the working memory follows the text, not the canvas.
-    let outlined: Vec<_> = glyphs
-        .into_iter()
-        .filter_map(|g| font.outline_glyph(g))
-        .collect();
-    let (w, h) = (img.width(), img.height());
-    let (mut bx0, mut by0, mut bx1, mut by1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
-    for o in &outlined {
-        let b = o.px_bounds();
-        bx0 = bx0.min(x0 + b.min.x);
-        by0 = by0.min(y0 + b.min.y);
-        bx1 = bx1.max(x0 + b.max.x + shadow);
-        by1 = by1.max(y0 + b.max.y + shadow);
-    }
-    let clamp = |v: f32, max: u32| v.clamp(0.0, max as f32) as u32;
-    let (bx0, by0) = (clamp(bx0.floor() - 1.0, w), clamp(by0.floor() - 1.0, h));
-    let (bx1, by1) = (clamp(bx1.ceil() + 1.0, w), clamp(by1.ceil() + 1.0, h));
-    if bx1 <= bx0 || by1 <= by0 {
-        return;
-    }
-    let (bw, bh) = ((bx1 - bx0) as usize, (by1 - by0) as usize);
-    let mut text_cov = vec![0f32; bw * bh];
-    let mut shadow_cov = vec![0f32; bw * bh];
-    for outlined in &outlined {
-        let b = outlined.px_bounds();
-        outlined.draw(|gx, gy, c| {
-            for (cov, dx) in [(&mut text_cov, 0.0), (&mut shadow_cov, shadow)] {
-                let x = (x0 + b.min.x + gx as f32 + dx).round();
-                let y = (y0 + b.min.y + gy as f32 + dx).round();
-                if x >= bx0 as f32 && y >= by0 as f32 && x < bx1 as f32 && y < by1 as f32 {
-                    let i = (y as u32 - by0) as usize * bw + (x as u32 - bx0) as usize;
-                    cov[i] = (cov[i] + c).min(1.0);
-                }
-            }
-        });
-    }
-    let mut rgba: RgbaImage = img.to_rgba8();
-    for (row, y) in (by0..by1).enumerate() {
-        for (col, x) in (bx0..bx1).enumerate() {
-            let i = row * bw + col;
-            let (t, s) = (text_cov[i], shadow_cov[i]);
-            let p = rgba.get_pixel_mut(x, y);
-            if s > 0.0 {
-                over(p, [0, 0, 0], s * opacity * 0.6);
-            }
-            if t > 0.0 {
-                over(p, [255, 255, 255], t * opacity);
-            }
-        }
-    }
-    *img = match img {
-        DynamicImage::ImageRgba8(_) | DynamicImage::ImageLumaA8(_) => {
-            DynamicImage::ImageRgba8(rgba)
-        }
-        DynamicImage::ImageLuma8(_) => {
-            DynamicImage::ImageLuma8(DynamicImage::ImageRgba8(rgba).to_luma8())
-        }
-        _ => DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(rgba).to_rgb8()),
-    };
-}
-
-/// Porter-Duff "over": `colour` at coverage `a` onto `p` (which may be transparent).
-fn over(p: &mut Rgba<u8>, colour: [u8; 3], a: f32) {
-    let da = f32::from(p.0[3]) / 255.0;
-    let out_a = a + da * (1.0 - a);
-    if out_a <= 0.0 {
-        return;
-    }
-    for (v, &c) in p.0[..3].iter_mut().zip(&colour) {
-        let mixed = (f32::from(c) * a + f32::from(*v) * da * (1.0 - a)) / out_a;
-        *v = mixed.round().clamp(0.0, 255.0) as u8;
-    }
-    p.0[3] = (out_a * 255.0).round() as u8;
-}
-
-/// Apply `lut` to the colour channels (alpha untouched).
-fn map_colours(img: &DynamicImage, lut: &[u8; 256]) -> DynamicImage {
-    let mut out = img.clone();
-    let (bytes, channels, has_alpha): (&mut [u8], usize, bool) = match &mut out {
-        DynamicImage::ImageLuma8(b) => (b, 1, false),
-        DynamicImage::ImageLumaA8(b) => (b, 2, true),
-        DynamicImage::ImageRgb8(b) => (b, 3, false),
-        DynamicImage::ImageRgba8(b) => (b, 4, true),
-        _ => unreachable!("operations see 8-bit images only"),
-    };
-    let colour = if has_alpha { channels - 1 } else { channels };
-    for px in bytes.chunks_exact_mut(channels) {
-        for v in &mut px[..colour] {
-            *v = lut[*v as usize];
-        }
-    }
-    out
-}
-
-fn lut(f: impl Fn(f32) -> f32) -> [u8; 256] {
-    std::array::from_fn(|v| f(v as f32).round().clamp(0.0, 255.0) as u8)
-}
-
-/// Mean luminance (ITU-R 601, as Pillow's `ImageEnhance.Contrast` takes it), rounded.
-fn mean_luma(img: &DynamicImage) -> f32 {
-    let luma = img.to_luma8();
-    let sum: u64 = luma.as_raw().iter().map(|&v| u64::from(v)).sum();
-    (sum as f64 / luma.as_raw().len().max(1) as f64).round() as f32
-}
-
-fn apply_filter(img: &DynamicImage, kind: FilterKind, value: f32) -> DynamicImage {
-    match kind {
-        FilterKind::Grayscale => {
-            if img.color().has_alpha() {
-                DynamicImage::ImageLumaA8(img.to_luma_alpha8())
-            } else {
-                DynamicImage::ImageLuma8(img.to_luma8())
-            }
-        }
-        FilterKind::Blur => img.fast_blur(value),
-        FilterKind::Sharpen => sharpen(img, value),
-        FilterKind::Brightness => map_colours(img, &lut(|v| v * value)),
-        FilterKind::Contrast => {
-            let mean = mean_luma(img);
-            map_colours(img, &lut(|v| mean + (v - mean) * value))
-        }
-    }
-}
-
-/// Unsharp mask: `v + 1.5 (v - blur(v))` where the difference exceeds 3 levels (Pillow's
-/// `UnsharpMask` defaults: percent 150, threshold 3).
-fn sharpen(img: &DynamicImage, sigma: f32) -> DynamicImage {
-    let blurred = img.fast_blur(sigma);
-    let mut out = img.clone();
-    let channels = usize::from(img.color().channel_count());
-    let colour = if img.color().has_alpha() {
-        channels - 1
-    } else {
-        channels
-    };
-    let (Some(dst), src) = (bytes_mut(&mut out), blurred.as_bytes()) else {
-        return out;
-    };
-    for (px, b) in dst
-        .chunks_exact_mut(channels)
-        .zip(src.chunks_exact(channels))
-    {
-        for (v, &bv) in px[..colour].iter_mut().zip(&b[..colour]) {
-            let diff = i32::from(*v) - i32::from(bv);
-            if diff.abs() > 3 {
-                *v = (i32::from(*v) + diff * 3 / 2).clamp(0, 255) as u8;
-            }
-        }
-    }
-    out
-}
-
-fn bytes_mut(img: &mut DynamicImage) -> Option<&mut [u8]> {
-    match img {
-        DynamicImage::ImageLuma8(b) => Some(b),
-        DynamicImage::ImageLumaA8(b) => Some(b),
-        DynamicImage::ImageRgb8(b) => Some(b),
-        DynamicImage::ImageRgba8(b) => Some(b),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use image::{ImageFormat, Rgb as Px, RgbImage};
     use std::io::Cursor;
+
+    use backless_common::job::{Fit, Size};
+    use image::{ImageFormat, Rgb as Px, RgbImage, Rgba, RgbaImage};
+
+    use super::*;
 
     /// A photo-like gradient with a red square, `w` x `h`.
     fn photo(w: u32, h: u32) -> DynamicImage {
@@ -744,7 +380,7 @@ mod tests {
         height: Option<u32>,
         fit: Fit,
     ) -> (u64, u64) {
-        super::resize_dimensions(Size::new(w, h), width, height, fit)
+        backless_common::job::plan::resize_dimensions(Size::new(w, h), width, height, fit)
     }
 
     #[test]
@@ -969,7 +605,7 @@ mod tests {
                 0
             }])
         });
-        pipeline::subject_box(&mask, &Crop::default()).unwrap()
+        cutout::subject_box(&mask, &Crop::default()).unwrap()
     }
 
     #[test]
@@ -1069,7 +705,7 @@ mod tests {
             let mask = GrayImage::from_fn(w, h, |x, y| {
                 image::Luma([if inside(x, y) { 255 } else { 0 }])
             });
-            pipeline::compose(
+            cutout::compose(
                 DynamicImage::ImageRgb8(photo),
                 &mask,
                 &OutputOptions::default(),

@@ -7,9 +7,9 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::AppState;
+use super::AppState;
+use super::json::{self, Enums};
 use crate::error::{ApiError, Code};
-use crate::json::{self, Enums};
 use crate::oidc;
 
 fn hex_val(b: u8) -> Option<u8> {
