@@ -9,7 +9,21 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how long the one before it took, and the run ends with every step's time:
+# where CI's minutes go.
+times=()
+last=""
+started=$SECONDS
+step_end() {
+  [ -n "$last" ] && times+=("$(printf '%5ds  %s' $((SECONDS - started)) "$last")")
+  started=$SECONDS
+}
+step() {
+  step_end
+  last="$*"
+  printf '\n==> %s\n' "$*"
+}
+trap 'step_end; [ ${#times[@]} -gt 0 ] && printf "\n==> time per step\n" && printf "%s\n" "${times[@]}"' EXIT
 
 step "Python packages for the conformance tests (official Cloud Tasks client)"
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
@@ -17,8 +31,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r scripts/requiremen
 step "PostgreSQL, Redis and s3s-fs (real servers for the production-backend tests)"
 eval "$(scripts/test-services.sh)"
 
-step "Formatting"
+step "Formatting, and no import cycles between files"
 cargo fmt --all --check
+python3 scripts/check-imports.py
 
 # One feature set for every step (the S3 backend included), so no later step rebuilds the
 # dependency tree with other features: the S3 tests run with the rest, and the load, client and

@@ -239,7 +239,7 @@ impl Storage {
                 let key = m.location.to_string();
                 let (kind, id) = key.split_once('/')?;
                 (matches!(kind, "originals" | "backgrounds" | "results")
-                    && crate::db::is_valid_job_id(id))
+                    && crate::job::is_valid_job_id(id))
                 .then(|| id.to_string())
             })
             .collect();

@@ -150,10 +150,3 @@ impl From<ApiError> for tonic::Status {
         tonic::Status::new(e.code.tonic(), e.message)
     }
 }
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "state store failed");
-        ApiError::internal("Internal error encountered.")
-    }
-}

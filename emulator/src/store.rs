@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::error::ApiError;
 use crate::model::{epoch_nanos, pb};
 
 #[derive(Debug, thiserror::Error)]
@@ -242,5 +243,13 @@ impl SqliteStore {
             })
             .optional()?
             .is_some())
+    }
+}
+
+/// A store failure is an internal error to clients; its detail goes to the log only.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "state store failed");
+        ApiError::internal("Internal error encountered.")
     }
 }

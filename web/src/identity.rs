@@ -16,6 +16,11 @@ pub fn bearer(req: &Request) -> Option<&str> {
         .or_else(|| auth.strip_prefix("bearer "))
 }
 
+/// Who a request was established to be before the handler (the API-key middleware: a key's
+/// owner, or `None` for a key that is not valid, which is no identity at all).
+#[derive(Debug, Clone)]
+pub struct Established(pub Option<ClientId>);
+
 /// A verified client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientId(pub String);
@@ -67,13 +72,11 @@ impl Signer {
         Some(ClientId(id.to_string()))
     }
 
-    /// The caller's verified identity: an API key (resolved by [`crate::keys::authenticate`]),
-    /// then a bearer token, then the cookie. A presented key that is not valid is no identity.
+    /// The caller's verified identity: what an API key established (see [`Established`]), then
+    /// a bearer token, then the cookie.
     pub fn identify(&self, req: &Request) -> Option<ClientId> {
-        match req.extensions().get::<crate::keys::Presented>() {
-            Some(crate::keys::Presented::Valid(k)) => return Some(ClientId(k.owner())),
-            Some(crate::keys::Presented::Unknown) => return None,
-            None => {}
+        if let Some(Established(who)) = req.extensions().get::<Established>() {
+            return who.clone();
         }
         if let Some(token) = bearer(req) {
             return self.verify(token);

@@ -16,7 +16,7 @@ use backless_common::db::{Db, DbError};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use sha2::{Digest, Sha256};
 
-use crate::identity::Signer;
+use crate::identity::{ClientId, Established, Signer};
 
 /// Every key `web keys create` makes starts with this.
 pub const KEY_PREFIX: &str = "bl_";
@@ -163,6 +163,13 @@ pub async fn authenticate<E: Endpoint>(
                 }
             }
         };
+        // Who the request is, for every handler that asks the signer: the key's owner, or nobody
+        // (an unknown key is no identity, whatever cookie comes with it).
+        let established = match &outcome {
+            Presented::Valid(k) => Established(Some(ClientId(k.owner()))),
+            Presented::Unknown => Established(None),
+        };
+        req.extensions_mut().insert(established);
         req.extensions_mut().insert(outcome);
     }
     Ok(ep.call(req).await?.into_response())

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::error::WebError;
+use crate::watcher::{StateWatcher, elapsed_ms};
 
 #[derive(Debug, Default)]
 struct Watch {
@@ -42,7 +43,7 @@ pub struct Shared {
     watchers: Mutex<HashMap<String, Watch>>,
     generations: AtomicU64,
     /// Reads every watched, unfinished job in one query per `poll`.
-    pub watcher: crate::watcher::StateWatcher,
+    pub watcher: Arc<StateWatcher>,
     pub outbox_wake: Notify,
     pub metrics: crate::metrics::Metrics,
 }
@@ -62,6 +63,7 @@ impl Shared {
         let db = db.observed(Arc::new(move |kind| {
             queries.with_label_values(&[kind]).inc()
         }));
+        let watcher = Arc::new(StateWatcher::new(db.clone(), poll));
         Self {
             db,
             storage,
@@ -72,7 +74,7 @@ impl Shared {
             poll,
             watchers: Mutex::default(),
             generations: AtomicU64::new(0),
-            watcher: crate::watcher::StateWatcher::default(),
+            watcher,
             outbox_wake: Notify::new(),
             metrics,
         }
@@ -174,8 +176,7 @@ impl Shared {
             }
         };
         // Subscribed before the read, so an end between the two is not missed.
-        let mut changes =
-            futures::stream::select(live, crate::watcher::state_changes(self, job_id));
+        let mut changes = futures::stream::select(live, self.watcher.state_changes(job_id));
         match self.db.get(job_id).await {
             Ok(Some(job)) if job.state.is_final() => {}
             Ok(None) => return,
@@ -379,30 +380,6 @@ impl Shared {
         }
         n
     }
-}
-
-/// What a watcher is told of a stored job: its state as an event.
-pub fn state_event(job: &backless_common::db::Job) -> JobEvent {
-    use backless_common::db::JobState;
-    let elapsed = match job.finished_at {
-        Some(f) => u64::try_from((f - job.created_at).num_milliseconds()).unwrap_or(0),
-        None => elapsed_ms(job.created_at),
-    };
-    match job.state {
-        JobState::Failed => JobEvent::failed(
-            job.error_code.clone().unwrap_or_else(|| "failed".into()),
-            job.error_message
-                .clone()
-                .unwrap_or_else(|| "Processing failed.".into()),
-            elapsed,
-        ),
-        s => JobEvent::new(Stage::from(s), elapsed),
-    }
-}
-
-/// Milliseconds since `t`.
-pub fn elapsed_ms(t: chrono::DateTime<chrono::Utc>) -> u64 {
-    u64::try_from((chrono::Utc::now() - t).num_milliseconds()).unwrap_or(0)
 }
 
 /// Held by each SSE connection.

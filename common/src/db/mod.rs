@@ -19,6 +19,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub use crate::job::{is_valid_job_id, new_job_id};
 pub use api_key::ApiKey;
 pub use job::{JobOptions, JobState, OutputFormat};
 /// A job record.
@@ -87,16 +88,6 @@ pub fn report_migrations(applied: &[String]) {
     for name in applied {
         println!("applied {name}");
     }
-}
-
-/// 128 random bits as 32 lowercase hex digits.
-pub fn new_job_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
-/// Whether `s` has the shape of a job id (checked before it reaches storage keys or queries).
-pub fn is_valid_job_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Called with a query's kind (the [`Db`] method's name) before each query, for metrics.

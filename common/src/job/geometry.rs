@@ -8,7 +8,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::pipeline::{MAX_TARGET_SIDE, MIN_PLACE_SCALE};
+/// Largest width or height `resize` may ask for, and largest length in pixels.
+pub const MAX_TARGET_SIDE: u32 = 10_000;
+/// Smallest `place` scale, in percent of the image (remove.bg's).
+pub const MIN_PLACE_SCALE: f32 = 10.0;
 
 /// A length in pixels, or a percentage (0 to 100) of a reference length.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,6 +7,7 @@
 mod colour;
 mod format;
 pub mod geometry;
+mod id;
 mod model;
 pub mod pipeline;
 pub mod plan;
@@ -15,6 +16,7 @@ mod stage;
 pub use colour::{ColourError, Rgb, normalize_color};
 pub use format::OutputFormat;
 pub use geometry::{Length, Margin, Region, parse_position, parse_scale};
+pub use id::{is_valid_job_id, new_job_id};
 pub use model::{DEFAULT_MODEL, MODELS, model_label};
 pub use pipeline::*;
 pub use plan::{Plan, PlanError, PlannedStage, Size, Step, stages};

@@ -31,17 +31,14 @@ use serde::{Deserialize, Serialize};
 
 use super::colour::normalize_color;
 use super::format::OutputFormat;
+pub use super::geometry::{MAX_TARGET_SIDE, MIN_PLACE_SCALE};
 use super::geometry::{Margin, Region, check_position, check_scale, parse_position, parse_scale};
 use super::model::DEFAULT_MODEL;
 
 /// Most operations one job may carry.
 pub const MAX_OPERATIONS: usize = 8;
-/// Largest width or height `resize` may ask for.
-pub const MAX_TARGET_SIDE: u32 = 10_000;
 /// Largest `thumbnail` size.
 pub const MAX_THUMBNAIL: u32 = 2_048;
-/// Smallest `place` scale, in percent of the image (remove.bg's).
-pub const MIN_PLACE_SCALE: f32 = 10.0;
 /// Longest watermark text, in characters.
 pub const MAX_WATERMARK_CHARS: usize = 100;
 
@@ -394,20 +391,6 @@ impl Pipeline {
             Some(Operation::Encode { format, .. }) => *format,
             _ => OutputFormat::Png,
         }
-    }
-
-    /// What this pipeline will do to an image of `input` size, or which limit it would break.
-    pub fn plan(
-        &self,
-        input: super::plan::Size,
-        limits: &crate::limits::ImageLimits,
-    ) -> Result<super::plan::Plan, super::plan::PlanError> {
-        super::plan::Plan::new(&self.0, input, limits)
-    }
-
-    /// The events a job running this pipeline reports, in order.
-    pub fn stages(&self) -> Vec<super::plan::PlannedStage> {
-        super::plan::stages(&self.0)
     }
 
     /// The operations as text, one per entry.

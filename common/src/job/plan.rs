@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use super::format::OutputFormat;
-use super::pipeline::{Fit, Operation};
+use super::pipeline::{Fit, Operation, Pipeline};
 use super::stage::Stage;
 use crate::limits::ImageLimits;
 
@@ -310,6 +310,17 @@ impl Plan {
     /// The image the pipeline produces (a bound after `crop_to_subject`).
     pub fn output(&self) -> Size {
         self.steps.last().map_or(self.input, |s| s.output)
+    }
+}
+impl Pipeline {
+    /// What this pipeline will do to an image of `input` size, or which limit it would break.
+    pub fn plan(&self, input: Size, limits: &ImageLimits) -> Result<Plan, PlanError> {
+        Plan::new(self.operations(), input, limits)
+    }
+
+    /// The events a job running this pipeline reports, in order.
+    pub fn stages(&self) -> Vec<PlannedStage> {
+        stages(self.operations())
     }
 }
 

@@ -637,7 +637,7 @@ impl RemoveBgApi {
         live: futures::stream::BoxStream<'static, JobEvent>,
         id: &str,
     ) -> Result<(), WebError> {
-        let mut events = stream::select(live, crate::watcher::state_changes(&self.shared, id));
+        let mut events = stream::select(live, self.shared.watcher.state_changes(id));
         let timeout = self.api.removebg_timeout;
         let end = tokio::time::timeout(timeout, async {
             while let Some(ev) = events.next().await {

@@ -10,7 +10,7 @@ use backless_common::job::{MODELS, Pipeline};
 use backless_common::storage::{StorageError, background_key, result_key};
 
 use super::State;
-use super::push::Outcome;
+use super::outcome::Outcome;
 use crate::imaging::{self, Progress};
 
 fn elapsed_ms(job: &Job) -> u64 {

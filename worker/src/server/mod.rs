@@ -12,6 +12,7 @@
 
 mod health;
 mod job;
+mod outcome;
 mod push;
 
 use std::collections::HashMap;

@@ -4,56 +4,18 @@
 use std::sync::Arc;
 
 use backless_common::db::is_valid_job_id;
-use poem::http::{HeaderMap, StatusCode};
-use poem::web::{Data, Json};
-use poem::{IntoResponse, Response, handler};
+use poem::handler;
+use poem::http::HeaderMap;
+use poem::web::Data;
 use serde::Deserialize;
 use tracing::Instrument;
 
 use super::State;
+use super::outcome::Outcome;
 
 #[derive(Debug, Deserialize)]
 struct TaskBody {
     job_id: String,
-}
-
-/// How a push ended, as the queue must hear it.
-pub(super) enum Outcome {
-    /// Finished (done, failed for good, or nothing to do): 200.
-    Finished(&'static str),
-    /// Worth retrying: 503 with Retry-After seconds.
-    Retry(&'static str, u64),
-    /// Not from the queue: 401.
-    Unauthenticated,
-}
-
-impl Outcome {
-    /// The `outcome` label in `backless_worker_pushes_total`.
-    fn label(&self) -> String {
-        match self {
-            Outcome::Finished(what) => what.replace(' ', "_"),
-            Outcome::Retry(..) => "retry".into(),
-            Outcome::Unauthenticated => "unauthenticated".into(),
-        }
-    }
-}
-
-impl IntoResponse for Outcome {
-    fn into_response(self) -> Response {
-        match self {
-            Outcome::Finished(what) => Json(serde_json::json!({ "status": what })).into_response(),
-            Outcome::Retry(why, after) => Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .header("Retry-After", after.to_string())
-                .content_type("application/json")
-                .body(serde_json::json!({ "status": "retry", "reason": why }).to_string()),
-            Outcome::Unauthenticated => Response::builder()
-                .status(StatusCode::UNAUTHORIZED)
-                .header("WWW-Authenticate", "Bearer")
-                .content_type("application/json")
-                .body(r#"{"status":"unauthenticated"}"#),
-        }
-    }
 }
 
 #[handler]

@@ -26,8 +26,9 @@ use super::image_body::{ImageBody, ResultBody};
 use crate::error::{ApiResult, WebError};
 use crate::identity::{ClientId, Signer};
 use crate::keys::{Charge, Presented};
-use crate::lifecycle::{Shared, state_event};
+use crate::lifecycle::Shared;
 use crate::upload::{check_image, clean_name, display_name, read_upload};
+use crate::watcher::state_event;
 
 #[derive(Tags)]
 enum ApiTags {
@@ -373,7 +374,7 @@ impl JobsApi {
             drop(live);
             stream::empty().boxed()
         } else {
-            stream::select(live, crate::watcher::state_changes(&shared, &job.id)).boxed()
+            stream::select(live, shared.watcher.state_changes(&job.id)).boxed()
         };
 
         let out = Progress {
