@@ -9,7 +9,8 @@
 # Copy it into fuzz/seeds/<target>/ and add a regression test where the bug is fixed.
 #
 # Without nightly (or with BACKLESS_FUZZ_STABLE=1): the same target functions run on stable over the
-# seeds plus generated inputs (fuzz/tests/corpus.rs), scaled to the time asked for.
+# seeds plus generated inputs (dev/tests/it/fuzz_corpus.rs, in the workspace's test build, which
+# `cargo test --workspace` and so scripts/test.sh run too), scaled to the time asked for.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -20,9 +21,8 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(upload decode emulator_rest emulator_grpc)
 fi
-export CARGO_TARGET_DIR="${BACKLESS_FUZZ_TARGET_DIR:-$root/fuzz/target}"
-
 if [ "${BACKLESS_FUZZ_STABLE:-0}" != 1 ] && cargo +nightly --version >/dev/null 2>&1; then
+    export CARGO_TARGET_DIR="${BACKLESS_FUZZ_TARGET_DIR:-$root/fuzz/target}"
     if ! cargo fuzz --version >/dev/null 2>&1; then
         cargo install cargo-fuzz --locked
     fi
@@ -37,5 +37,6 @@ if [ "${BACKLESS_FUZZ_STABLE:-0}" != 1 ] && cargo +nightly --version >/dev/null 
 else
     echo "==> stable run of the fuzz functions over seeds and generated inputs (BACKLESS_FUZZ_STABLE=1 or no nightly)"
     # About 100 inputs a second per target is a cautious estimate for the decode target.
-    BACKLESS_FUZZ_ITERS="$((secs * 100))" cargo test --manifest-path fuzz/Cargo.toml -- --nocapture
+    BACKLESS_FUZZ_ITERS="$((secs * 100))" cargo test -p backless-dev --features backless-web/s3 \
+        --test it -- fuzz_corpus --nocapture
 fi

@@ -46,17 +46,13 @@ cargo test --workspace --features "$features" --no-run "$@"
 step "Default model (U²-NetP), imported by our own importer"
 WORKER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/worker" scripts/fetch-models.sh u2netp
 
-step "Tests (S3 storage and signed-URL redirects against a real S3-protocol server among them)"
+# The fuzz target functions run among them on stable, over the seed corpus and generated inputs
+# (dev/tests/it/fuzz_corpus.rs), in this build: `scripts/fuzz.sh 60` runs real libFuzzer.
+step "Tests (S3 storage and signed-URL redirects against a real S3-protocol server, the fuzz targets over their corpus among them)"
 cargo test --workspace --features "$features" --no-fail-fast "$@"
 
 step "Bounded load test: web + emulator + worker on PostgreSQL and Redis (no job lost, no 5xx)"
 BUILD=0 scripts/load.sh short
-
-# CI runs the fuzz functions on stable over the seed corpus plus generated inputs, sharing this
-# build's dependencies: a libFuzzer build (nightly, sanitizers) of candle, poem and the emulator
-# from nothing would add ~15 minutes on 2 cores. `scripts/fuzz.sh 60` runs real libFuzzer.
-step "Fuzz targets over their seed corpus and generated inputs (stable, bounded)"
-BACKLESS_FUZZ_STABLE=1 BACKLESS_FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" scripts/fuzz.sh 20
 
 step "remove.bg clients (npm and PyPI) and 20 concurrent synchronous requests"
 BACKLESS_DEV_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/backless-dev" scripts/test-clients.sh

@@ -1,5 +1,6 @@
 //! What each fuzz target runs, as plain functions: libFuzzer calls them from `fuzz_targets/`, and
-//! `tests/corpus.rs` calls them on stable over the seed corpus and generated inputs. Each must
+//! the workspace's `dev/tests/it/fuzz_corpus.rs` compiles this file and calls them on stable over
+//! the seed corpus and generated inputs. Each must
 //! never panic, whatever the bytes; a finding becomes a file in `seeds/<target>/` (so every run
 //! replays it) and a regression test in the crate it concerns.
 
@@ -57,12 +58,18 @@ pub fn emulator_rest(data: &[u8]) {
         if let Ok(mut q) = backless_emulator::api::json::queue_from_json(v)
             && normalize_queue(&mut q).is_ok()
         {
-            let _ = backless_emulator::api::json::queue_to_json(&q, backless_emulator::api::json::Enums::Str);
+            let _ = backless_emulator::api::json::queue_to_json(
+                &q,
+                backless_emulator::api::json::Enums::Str,
+            );
         }
         if let Ok(mut t) = backless_emulator::api::json::task_from_json(v)
             && normalize_http_task(&mut t).is_ok()
         {
-            let _ = backless_emulator::api::json::task_to_json(&t, backless_emulator::api::json::Enums::Str);
+            let _ = backless_emulator::api::json::task_to_json(
+                &t,
+                backless_emulator::api::json::Enums::Str,
+            );
         }
     }
     let _ = backless_emulator::api::json::view_from(v.get("responseView"));
@@ -102,8 +109,11 @@ pub fn emulator_grpc(data: &[u8]) {
     }
 }
 
+/// A fuzz target: what it is called, and the function libFuzzer calls.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name (the stable runner walks them).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("upload", upload),
     ("decode", decode),
     ("emulator_rest", emulator_rest),

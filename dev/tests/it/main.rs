@@ -3,6 +3,7 @@
 //! authentication, replicas, a database restart, and recovery from a worker killed mid-job.
 
 mod e2e;
+mod fuzz_corpus;
 mod pg_restart;
 mod pipelines;
 mod push_auth;

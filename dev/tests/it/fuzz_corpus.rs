@@ -1,9 +1,16 @@
-//! The stable fallback for the fuzz targets: every seed, then a deterministic stream of inputs
-//! derived from them (bit flips, truncations, splices, repeated and random bytes), through each
-//! target function. A panic fails the test and prints the input that caused it. The input count is
+//! The fuzz targets on stable: every seed, then a deterministic stream of inputs derived from
+//! them (bit flips, truncations, splices, repeated and random bytes), through each target
+//! function. A panic fails the test and prints the input that caused it. The input count is
 //! `BACKLESS_FUZZ_ITERS` (default 2,000 per target).
+//!
+//! The target functions are `fuzz/src/lib.rs` itself, compiled here into the workspace's test
+//! build (libFuzzer builds the same file in `fuzz/`, on nightly): the stable run costs no second
+//! build of the crates it fuzzes.
 
 use std::path::PathBuf;
+
+#[path = "../../../fuzz/src/lib.rs"]
+mod targets;
 
 /// A small xorshift generator: the same inputs on every run.
 struct Rng(u64);
@@ -27,7 +34,7 @@ impl Rng {
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("seeds")
+        .join("../fuzz/seeds")
         .join(target);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -76,12 +83,12 @@ fn mutate(rng: &mut Rng, pool: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[test]
-fn targets_survive_seeds_and_generated_inputs() {
+fn fuzz_targets_survive_seeds_and_generated_inputs() {
     let iters: usize = std::env::var("BACKLESS_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
-    for (name, target) in backless_fuzz::TARGETS {
+    for (name, target) in targets::TARGETS {
         let pool = seeds(name);
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ name.len() as u64);
         let inputs = pool
