@@ -536,6 +536,25 @@ async fn a_key_works_on_v1_as_a_bearer_and_sees_only_its_jobs() {
     assert_eq!(res.status(), 403);
 }
 
+/// A key the service does not know is no identity at all: not even the cookie that comes with it
+/// reaches the cookie's own job.
+#[tokio::test]
+async fn an_unknown_key_hides_the_cookie_it_comes_with() {
+    let app = app_with_keys(&[]).await;
+    let c = browser();
+    let (status, body) = app.upload(&c, png_bytes(16, 16), "a.png").await;
+    assert_eq!(status, 201, "{body}");
+    let url = app.url(&format!("/v1/jobs/{}", body["job"]["id"].as_str().unwrap()));
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    let with_key = |key: &'static str| c.get(&url).header("X-Api-Key", key).send();
+    assert_eq!(
+        with_key("bl_not-a-real-key-0000").await.unwrap().status(),
+        404
+    );
+    // A valid key is its own identity too: the cookie's job is not its job.
+    assert_eq!(with_key(KEY).await.unwrap().status(), 404);
+}
+
 #[tokio::test]
 async fn keys_made_by_the_command_work_until_revoked() {
     let dir = tempfile::tempdir().unwrap();
