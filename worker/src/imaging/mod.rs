@@ -298,8 +298,8 @@ mod tests {
         encode(img, OutputFormat::Png, None).unwrap()
     }
 
-    /// `ops` on `img`, for outputs that are not one image.
-    fn run_ops_raw(img: &DynamicImage, ops: &[&str]) -> Output {
+    /// `ops` on `img`, without a model: the encoded output (for outputs that are not one image).
+    fn run_ops_raw(img: &DynamicImage, ops: &[&str]) -> Result<Output, PipelineError> {
         let models: Vec<String> = vec!["u2netp".into()];
         let pipeline = backless_common::job::Pipeline::parse(ops, &models).unwrap();
         run(
@@ -310,20 +310,11 @@ mod tests {
             None,
             |_| {},
         )
-        .unwrap()
     }
 
+    /// `ops` on `img`, and the output decoded back.
     fn run_ops(img: &DynamicImage, ops: &[&str]) -> Result<(Output, DynamicImage), PipelineError> {
-        let models: Vec<String> = vec!["u2netp".into()];
-        let pipeline = backless_common::job::Pipeline::parse(ops, &models).unwrap();
-        let out = run(
-            pipeline.operations(),
-            &png(img),
-            None,
-            &ImageLimits::default(),
-            None,
-            |_| {},
-        )?;
+        let out = run_ops_raw(img, ops)?;
         let back = image::load_from_memory(&out.bytes).unwrap();
         Ok((out, back))
     }
@@ -766,7 +757,8 @@ mod tests {
             15 => Rgba([220, 30, 30, 128]),
             _ => Rgba([0, 255, 0, 0]),
         }));
-        let out = run_ops_raw(&img, &["thumbnail:size=32", "encode:format=zip,quality=95"]);
+        let out =
+            run_ops_raw(&img, &["thumbnail:size=32", "encode:format=zip,quality=95"]).unwrap();
         assert_eq!(out.content_type, "application/zip");
         assert_eq!((out.width, out.height), (32, 16));
         let files = unzip(&out.bytes);
@@ -797,7 +789,7 @@ mod tests {
         );
 
         // An opaque image gets an all-white matte.
-        let out = run_ops_raw(&photo(20, 10), &["encode:format=zip"]);
+        let out = run_ops_raw(&photo(20, 10), &["encode:format=zip"]).unwrap();
         let alpha = image::load_from_memory(&unzip(&out.bytes)[1].1)
             .unwrap()
             .to_luma8();
